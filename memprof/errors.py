@@ -1,0 +1,29 @@
+"""Errors a user can cause. The CLI turns each into one line and exit code 2."""
+
+from __future__ import annotations
+
+
+class MemprofError(Exception):
+    """A user-facing error: the message says what was wrong and what would work."""
+
+    exit_code = 2
+
+
+class UnknownModelError(MemprofError):
+    """MODEL is neither a path, a catalog name, nor a model in the local HF cache."""
+
+
+class ConfigError(MemprofError):
+    """A config.json that cannot be read, parsed, or turned into a model."""
+
+
+class SettingError(MemprofError):
+    """An unknown load setting, or one this machine cannot run."""
+
+
+class DeviceError(MemprofError):
+    """A device that is not available here (e.g. --device cuda without a GPU)."""
+
+
+class MeasureError(MemprofError):
+    """A measurement subprocess failed for a reason the user can act on."""

@@ -1,0 +1,1 @@
+"""Real measurements: loads in fresh subprocesses, counting the bytes live tensors hold."""

@@ -1,0 +1,92 @@
+"""Bytes a model holds at a load setting: pure arithmetic over the inventory. Never imports torch.
+
+Two totals per setting:
+- footprint_bytes: what transformers' `get_memory_footprint()` returns, i.e. the sum of
+  `nelement() * element_size()` over parameters and buffers. For a 4-bit layer that is the packed
+  uint8 weight only; for an int8 layer the int8 weight only.
+- true_bytes: every byte the model's tensors hold, counting each storage once. On top of the
+  footprint that is bitsandbytes' quant state, which lives outside parameters and buffers:
+  int8: one float32 scale per output row (SCB);
+  4-bit: one float32 absmax per 64-value block and the 16-entry float32 code table (per layer);
+  4-bit with double quantization: absmax as uint8, then per layer one float32 absmax per 256
+  blocks, a float32 offset and a copy of the 256-entry float32 dynamic code table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memprof.inventory import Inventory, TensorRecord
+from memprof.settings import (
+    BNB_4BIT_BLOCKSIZE,
+    BNB_4BIT_CODE_ENTRIES,
+    BNB_DYNAMIC_CODE_ENTRIES,
+    BNB_NESTED_BLOCKSIZE,
+    DTYPE_BYTES,
+    Setting,
+)
+
+FLOAT32_BYTES = DTYPE_BYTES["float32"]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class TensorBytes:
+    """Bytes of one tensor at a setting: as a parameter/buffer, and its quant state beside it."""
+
+    stored_bytes: int  # nelement() * element_size() of the parameter or buffer itself
+    quant_state_bytes: int  # SCB, absmax, code tables, nested state: outside parameters and buffers
+
+
+def tensor_bytes(record: TensorRecord, setting: Setting) -> TensorBytes:
+    if not (setting.quantized and record.quantizable):
+        return TensorBytes(record.numel * DTYPE_BYTES[record.dtype_when_loaded(setting.dtype)], 0)
+    n = record.numel
+    if setting.quant == "int8":
+        return TensorBytes(n, record.quant_out_features * FLOAT32_BYTES)
+    packed = _ceil_div(n, 2)  # two 4-bit values per uint8
+    blocks = _ceil_div(n, BNB_4BIT_BLOCKSIZE)
+    code = BNB_4BIT_CODE_ENTRIES * FLOAT32_BYTES
+    if not setting.double_quant:
+        return TensorBytes(packed, blocks * FLOAT32_BYTES + code)
+    nested_absmax = _ceil_div(blocks, BNB_NESTED_BLOCKSIZE) * FLOAT32_BYTES
+    nested_code = BNB_DYNAMIC_CODE_ENTRIES * FLOAT32_BYTES
+    offset = FLOAT32_BYTES
+    return TensorBytes(packed, blocks + code + nested_absmax + nested_code + offset)
+
+
+@dataclass(frozen=True)
+class SettingPrediction:
+    setting: str
+    params: int
+    footprint_bytes: int
+    true_bytes: int
+    quant_state_bytes: int
+    quantized_params: int  # parameters stored in int8 / 4-bit
+    unquantized_bytes: int  # bytes of tensors that stay in a float dtype (embeddings, norms, lm_head...)
+    unquantized_dtype: str
+
+
+def predict_setting(inventory: Inventory, setting: Setting) -> SettingPrediction:
+    footprint = quant_state = quantized_params = unquantized = 0
+    for record in inventory.tensors:
+        b = tensor_bytes(record, setting)
+        footprint += b.stored_bytes
+        quant_state += b.quant_state_bytes
+        if setting.quantized and record.quantizable:
+            quantized_params += record.numel
+        else:
+            unquantized += b.stored_bytes
+    return SettingPrediction(
+        setting=setting.name,
+        params=inventory.param_count,
+        footprint_bytes=footprint,
+        true_bytes=footprint + quant_state,
+        quant_state_bytes=quant_state,
+        quantized_params=quantized_params,
+        unquantized_bytes=unquantized,
+        unquantized_dtype=setting.dtype,
+    )

@@ -1,0 +1,133 @@
+"""The load settings (fp32 ... nf4-dq) as plain data.
+
+A setting says how `from_pretrained` is called: the dtype of the tensors that stay unquantized and,
+for the bitsandbytes settings, which `BitsAndBytesConfig` is passed. Nothing here imports torch;
+`bnb_config()` does, lazily, when a real load needs the config object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memprof.errors import SettingError
+
+# Bytes per element of the dtypes that appear in model inventories.
+DTYPE_BYTES = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+}
+
+# bitsandbytes' defaults (Params4bit.blocksize on CUDA/CPU, quantize_4bit(compress_statistics=True)).
+BNB_4BIT_BLOCKSIZE = 64
+BNB_NESTED_BLOCKSIZE = 256
+BNB_4BIT_CODE_ENTRIES = 16  # nf4 / fp4 lookup table, float32, one copy per quantized layer
+BNB_DYNAMIC_CODE_ENTRIES = 256  # the 8-bit dynamic map that double quantization copies per layer
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of loading a model."""
+
+    name: str
+    dtype: str  # dtype of every tensor that is not quantized (embeddings, norms, lm_head, biases)
+    quant: str | None = None  # None, "int8", "nf4" or "fp4"
+    double_quant: bool = False
+    description: str = ""
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant is not None
+
+    def with_dtype(self, dtype: str) -> Setting:
+        """The same setting with another dtype for the unquantized tensors (and 4-bit compute)."""
+        if dtype not in FLOAT_DTYPES:
+            raise SettingError(f"unknown dtype {dtype!r}; use one of {', '.join(FLOAT_DTYPES)}")
+        if not self.quantized:
+            return self
+        return Setting(self.name, dtype, self.quant, self.double_quant, self.description)
+
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("fp32", "float32", description="float32 weights"),
+        Setting("fp16", "float16", description="float16 weights"),
+        Setting("bf16", "bfloat16", description="bfloat16 weights"),
+        Setting("int8", "bfloat16", "int8", description="bitsandbytes LLM.int8 (int8 weights + row scales)"),
+        Setting("nf4", "bfloat16", "nf4", description="bitsandbytes 4-bit NormalFloat, bf16 compute"),
+        Setting(
+            "nf4-dq",
+            "bfloat16",
+            "nf4",
+            double_quant=True,
+            description="nf4 with double quantization of the absmax constants, bf16 compute",
+        ),
+        Setting("fp4", "bfloat16", "fp4", description="bitsandbytes 4-bit float, bf16 compute"),
+    )
+}
+
+DEFAULT_SETTINGS = ("fp32", "bf16", "int8", "nf4", "nf4-dq")
+
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "float": "float32", "half": "float16"}
+
+
+def parse_dtype(text: str) -> str:
+    """'bf16' or 'bfloat16' -> 'bfloat16'."""
+    dtype = DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
+    if dtype not in FLOAT_DTYPES:
+        raise SettingError(f"unknown dtype {text!r}; use one of fp32, fp16, bf16")
+    return dtype
+
+
+def get_setting(name: str) -> Setting:
+    try:
+        return SETTINGS[name.strip().lower()]
+    except KeyError:
+        raise SettingError(
+            f"unknown setting {name!r}; use one or more of {', '.join(SETTINGS)} (comma-separated)"
+        ) from None
+
+
+def parse_settings(text: str | None, *, dtype: str | None = None) -> tuple[Setting, ...]:
+    """'fp32,nf4-dq' -> the Settings, in the given order, without repeats.
+
+    `dtype` replaces the bf16 default of the quantized settings' unquantized tensors.
+    """
+    names = DEFAULT_SETTINGS if not text else [n for n in text.split(",") if n.strip()]
+    if not names:
+        raise SettingError(f"no setting given; use one or more of {', '.join(SETTINGS)}")
+    chosen: list[Setting] = []
+    for name in names:
+        setting = get_setting(name)
+        if dtype is not None:
+            setting = setting.with_dtype(parse_dtype(dtype))
+        if setting not in chosen:
+            chosen.append(setting)
+    return tuple(chosen)
+
+
+def bnb_config(setting: Setting):
+    """The `transformers.BitsAndBytesConfig` for a quantized setting, else None. Imports torch."""
+    if not setting.quantized:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if setting.quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=setting.quant,
+        bnb_4bit_use_double_quant=setting.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, setting.dtype),
+    )
