@@ -9,6 +9,7 @@ never import torch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -159,6 +160,7 @@ def write_json_atomic(path: Path, data: dict, *, indent: int | None = None) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=indent)
             f.write("\n")
@@ -193,10 +195,8 @@ def inventory_for(model: ResolvedModel, *, trust_remote_code: bool = False) -> I
         if inv is not None and inv.transformers_version == installed_transformers_version():
             return inv
     inv = build_inventory(model.config, trust_remote_code=trust_remote_code)
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache only costs the rebuild next time
         write_json_atomic(cached, inv.to_json())
-    except OSError:
-        pass  # a read-only cache only costs the rebuild next time
     return inv
 
 
@@ -322,3 +322,9 @@ def build_inventory(config: dict, *, trust_remote_code: bool = False) -> Invento
         config_key=config_key(config),
         tensors=tuple(records),
     )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

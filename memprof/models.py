@@ -52,7 +52,7 @@ def read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a JSON object, not {type(config).__name__}")
     if not isinstance(config.get("model_type"), str):
-        raise ConfigError(f"{path} has no \"model_type\"; memprof needs it to pick the transformers model class")
+        raise ConfigError(f'{path} has no "model_type"; memprof needs it to pick the transformers model class')
     return config
 
 

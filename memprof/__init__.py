@@ -1,0 +1,31 @@
+"""memprof: memory and performance profiling for Hugging Face causal language models.
+
+The public Python API; the CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from memprof.errors import MemprofError
+from memprof.footprint import FootprintReport, SettingFootprint, footprint
+from memprof.inventory import Inventory, inventory_for
+from memprof.models import ResolvedModel, resolve_model
+from memprof.predict import SettingPrediction, predict_setting
+from memprof.settings import SETTINGS, Setting, parse_settings
+
+__all__ = [
+    "SETTINGS",
+    "FootprintReport",
+    "Inventory",
+    "MemprofError",
+    "ResolvedModel",
+    "Setting",
+    "SettingFootprint",
+    "SettingPrediction",
+    "footprint",
+    "inventory_for",
+    "parse_settings",
+    "predict_setting",
+    "resolve_model",
+]

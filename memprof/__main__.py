@@ -1,0 +1,5 @@
+import sys
+
+from memprof.cli import main
+
+sys.exit(main())

@@ -1,0 +1,8 @@
+"""One module per subcommand; each class has name, help, prepare_parser(parser) and run(args, console)."""
+
+from __future__ import annotations
+
+from memprof.commands.footprint import FootprintCommand
+from memprof.commands.models import ModelsCommand
+
+COMMANDS = (FootprintCommand(), ModelsCommand())

@@ -1,0 +1,97 @@
+"""Flags and output handling shared by every command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from memprof.errors import MemprofError
+from memprof.report import FORMATS
+from memprof.report.jsonout import render_json
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="model directory, config.json, catalog name (see `memprof models`) or hub id in the local HF cache; "
+        "default meta-llama/Llama-3.1-8B",
+    )
+    parser.add_argument(
+        "--allow-download", action="store_true", help="fetch the config.json from the Hugging Face hub if not local"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub (off: never run remote code)"
+    )
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object (same as --format json)")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the output to FILE (atomically) instead of stdout"
+    )
+
+
+def output_format(args: argparse.Namespace) -> str:
+    return "json" if args.json else args.format
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path = path.expanduser()
+    if not path.parent.is_dir():
+        raise MemprofError(f"cannot write {path}: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def emit(
+    result,
+    args: argparse.Namespace,
+    console: Console,
+    *,
+    table: Callable,
+    md: Callable[[object], str],
+    html: Callable[[object], str],
+) -> None:
+    """Render `result` in the chosen format to stdout or --out. `table` returns a rich renderable."""
+    fmt = output_format(args)
+    if fmt == "json":
+        text = render_json(result) + "\n"
+    elif fmt == "md":
+        text = md(result)
+    elif fmt == "html":
+        text = html(result)
+    else:
+        if args.out is None:
+            console.print(table(result))
+            return
+        capture = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        capture.print(table(result))
+        text = capture.export_text()
+    if args.out is not None:
+        write_atomic(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

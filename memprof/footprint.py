@@ -1,0 +1,159 @@
+"""`footprint`: bytes of a model's weights at each load setting, predicted and optionally measured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memprof import catalog
+from memprof.inventory import Inventory, installed_transformers_version, inventory_for
+from memprof.measure.load import MeasuredLoad
+from memprof.models import ResolvedModel, resolve_model
+from memprof.predict import SettingPrediction, predict_setting
+from memprof.settings import SETTINGS, Setting, parse_settings
+
+# The memory sizes users shop by; the smallest card of each is the conservative pick.
+FOOTPRINT_GPU_TIERS_GB = (16, 24, 40, 48, 80, 141)
+
+
+@dataclass(frozen=True)
+class SettingFootprint:
+    setting: str
+    description: str
+    dtype: str  # dtype of the tensors that stay unquantized
+    params: int
+    footprint_bytes: int
+    true_bytes: int
+    quant_state_bytes: int
+    quantized_params: int
+    unquantized_bytes: int
+    unquantized_share: float  # of true_bytes
+    ratio_to_fp32: float  # true_bytes / true_bytes at fp32
+    fits_gpus: tuple[str, ...]  # cards whose total memory holds true_bytes: weights alone, no context
+    measured: MeasuredLoad | None = None
+    mismatches: tuple[str, ...] = ()  # predicted fields that differ from the measurement
+
+
+@dataclass(frozen=True)
+class FootprintReport:
+    model: str
+    source: str
+    architecture: str
+    params: int
+    published_params: int | None
+    settings: tuple[SettingFootprint, ...]
+    gpu_tiers: tuple[tuple[str, int], ...]  # (name, memory_bytes) of the cards checked for fit
+    inventory_transformers_version: str
+    device: str | None = None  # set when measured
+    weights: str | None = None  # where measured weights came from
+    notes: tuple[str, ...] = ()
+
+
+def gpu_tiers() -> tuple[catalog.Gpu, ...]:
+    cards = catalog.gpus()
+    return tuple(
+        min((g for g in cards if g.tier_gb == tier), key=lambda g: g.memory_bytes) for tier in FOOTPRINT_GPU_TIERS_GB
+    )
+
+
+def _setting_footprint(
+    prediction: SettingPrediction, setting: Setting, fp32_true_bytes: int, tiers: tuple[catalog.Gpu, ...]
+) -> SettingFootprint:
+    return SettingFootprint(
+        setting=setting.name,
+        description=setting.description,
+        dtype=setting.dtype,
+        params=prediction.params,
+        footprint_bytes=prediction.footprint_bytes,
+        true_bytes=prediction.true_bytes,
+        quant_state_bytes=prediction.quant_state_bytes,
+        quantized_params=prediction.quantized_params,
+        unquantized_bytes=prediction.unquantized_bytes,
+        unquantized_share=prediction.unquantized_bytes / prediction.true_bytes if prediction.true_bytes else 0.0,
+        ratio_to_fp32=prediction.true_bytes / fp32_true_bytes if fp32_true_bytes else 0.0,
+        fits_gpus=tuple(g.name for g in tiers if g.memory_bytes >= prediction.true_bytes),
+    )
+
+
+def _with_measurement(row: SettingFootprint, measured: MeasuredLoad) -> SettingFootprint:
+    mismatches = ()
+    if measured.error is None:
+        mismatches = tuple(
+            name for name in ("footprint_bytes", "true_bytes") if getattr(measured, name) != getattr(row, name)
+        )
+    return SettingFootprint(**{**row.__dict__, "measured": measured, "mismatches": mismatches})
+
+
+def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, ...]) -> tuple[str, ...]:
+    notes = []
+    quantized = [s for s in settings if s.quantized]
+    if quantized:
+        dtypes = sorted({s.dtype for s in quantized})
+        notes.append(
+            "true = get_memory_footprint() + bitsandbytes quant state it does not count: int8 keeps a float32 "
+            "scale per output row (SCB); 4-bit keeps a float32 absmax per 64 values plus a 16-entry code table "
+            "per layer; double quantization stores absmax as uint8 plus a small float32 state per layer."
+        )
+        notes.append(
+            f"Quantized settings keep embeddings, norms, the LM head and biases unquantized in {'/'.join(dtypes)} "
+            "(--dtype changes that)."
+        )
+    notes.append(
+        "GPU fit counts the weights alone against the card's total memory: no CUDA context, "
+        "activations or KV cache (see `memprof plan`)."
+    )
+    installed = installed_transformers_version()
+    if inventory.transformers_version != installed:
+        notes.append(
+            f"Inventory built with transformers {inventory.transformers_version}; installed is {installed}: "
+            "use --measure to confirm."
+        )
+    return tuple(notes)
+
+
+def footprint(
+    model: str | None = None,
+    *,
+    settings: str | tuple[Setting, ...] | None = None,
+    dtype: str | None = None,
+    measure: bool = False,
+    device: str = "cpu",
+    allow_download: bool = False,
+    trust_remote_code: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> FootprintReport:
+    """Bytes of MODEL's weights at each setting (default fp32, bf16, int8, nf4, nf4-dq).
+
+    With `measure=True` each setting is also loaded for real in a fresh subprocess on `device` and
+    the measured `get_memory_footprint()` and true bytes are compared with the prediction.
+    """
+    resolved = resolve_model(model, allow_download=allow_download)
+    chosen = settings if isinstance(settings, tuple) else parse_settings(settings, dtype=dtype)
+    inventory = inventory_for(resolved, trust_remote_code=trust_remote_code)
+    fp32_true = predict_setting(inventory, SETTINGS["fp32"]).true_bytes
+    tiers = gpu_tiers()
+    rows = [_setting_footprint(predict_setting(inventory, s), s, fp32_true, tiers) for s in chosen]
+
+    weights = None
+    if measure:
+        from memprof.measure.load import measure_loads
+
+        measured, weights = measure_loads(
+            resolved, chosen, device=device, trust_remote_code=trust_remote_code, on_progress=on_progress
+        )
+        rows = [_with_measurement(row, measured[row.setting]) for row in rows]
+
+    entry = catalog.find_catalog_model(resolved.name) if resolved.source == "catalog" else None
+    return FootprintReport(
+        model=resolved.name,
+        source=resolved.source,
+        architecture=inventory.architecture,
+        params=inventory.param_count,
+        published_params=entry.published_params if entry else None,
+        settings=tuple(rows),
+        gpu_tiers=tuple((g.name, g.memory_bytes) for g in tiers),
+        inventory_transformers_version=inventory.transformers_version,
+        device=device if measure else None,
+        weights=weights,
+        notes=_notes(inventory, resolved, chosen),
+    )

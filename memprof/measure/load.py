@@ -1,0 +1,135 @@
+"""Measure real loads: each setting in a fresh subprocess, from local safetensors or random weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from memprof.errors import DeviceError, MeasureError, SettingError
+from memprof.models import ResolvedModel
+from memprof.settings import Setting
+
+
+@dataclass(frozen=True)
+class MeasuredLoad:
+    """What one real `from_pretrained` load held and cost. `error` is set instead when it failed."""
+
+    footprint_bytes: int | None = None
+    true_bytes: int | None = None
+    load_s: float | None = None
+    peak_bytes: int | None = None
+    peak_kind: str | None = None
+    peak_rss_bytes: int | None = None
+    reserved_peak_bytes: int | None = None
+    error: str | None = None
+
+
+def check_device(device: str, settings: tuple[Setting, ...]) -> None:
+    """Fail early, in one line, when the device or bitsandbytes cannot run what was asked."""
+    if device not in ("cpu", "cuda"):
+        raise DeviceError(f"unknown device {device!r}; use cpu or cuda")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    quantized = [s.name for s in settings if s.quantized]
+    if quantized:
+        try:
+            import bitsandbytes  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken native library
+            raise SettingError(
+                f"settings {', '.join(quantized)} need bitsandbytes, which cannot be imported here ({exc}); "
+                "install bitsandbytes>=0.50 or choose fp32/fp16/bf16"
+            ) from None
+
+
+def _run_worker(request: dict, *, timeout_s: float | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="memprof-req-") as tmp:
+        request_path = Path(tmp) / "request.json"
+        result_path = Path(tmp) / "result.json"
+        request_path.write_text(json.dumps(request))
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+        proc = subprocess.run(
+            [sys.executable, "-m", "memprof.measure.worker", str(request_path), str(result_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+        )
+        if result_path.is_file():
+            return json.loads(result_path.read_text())
+        if proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            hint = " (the OS killed it: most likely out of host memory)" if sig == "SIGKILL" else ""
+            return {"error": f"worker died with {sig}{hint}"}
+        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"worker exited with code {proc.returncode}: {last[0]}"}
+
+
+@contextmanager
+def weights_for(model: ResolvedModel, *, trust_remote_code: bool = False) -> Iterator[tuple[Path, str]]:
+    """A directory with safetensors weights for the model, and a description of where they came from.
+
+    The model's own safetensors when it has them; else random weights written to a temporary
+    directory. Pickled weights (*.bin) are never loaded.
+    """
+    if model.safetensors_files():
+        yield model.weights_dir, f"local safetensors in {model.weights_dir}"
+        return
+    note = "random weights (no local safetensors)"
+    if model.pickle_files():
+        note = "random weights (only pickled *.bin weights found; memprof never loads pickles)"
+    with tempfile.TemporaryDirectory(prefix="memprof-weights-") as tmp:
+        result = _run_worker(
+            {"task": "materialize", "config": model.config, "out_dir": tmp, "trust_remote_code": trust_remote_code}
+        )
+        if "error" in result:
+            raise MeasureError(f"could not create random weights for {model.name}: {result['error']}")
+        yield Path(tmp), note
+
+
+def measure_load(weights_dir: Path, setting: Setting, *, device: str, trust_remote_code: bool = False) -> MeasuredLoad:
+    result = _run_worker(
+        {
+            "task": "load",
+            "weights_dir": str(weights_dir),
+            "setting": dataclasses.asdict(setting),
+            "device": device,
+            "trust_remote_code": trust_remote_code,
+        }
+    )
+    known = {f.name for f in dataclasses.fields(MeasuredLoad)}
+    return MeasuredLoad(**{k: v for k, v in result.items() if k in known})
+
+
+def measure_loads(
+    model: ResolvedModel,
+    settings: tuple[Setting, ...],
+    *,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, MeasuredLoad], str]:
+    """Load the model once per setting, each in a fresh subprocess. Returns results and the weights' source."""
+    check_device(device, settings)
+    say = on_progress or (lambda _msg: None)
+    say("preparing weights")
+    with weights_for(model, trust_remote_code=trust_remote_code) as (weights_dir, weights_note):
+        results = {}
+        for setting in settings:
+            say(f"loading at {setting.name} on {device}")
+            results[setting.name] = measure_load(
+                weights_dir, setting, device=device, trust_remote_code=trust_remote_code
+            )
+    return results, weights_note

@@ -1,0 +1,110 @@
+"""The subprocess side of a measurement: `python -m memprof.measure.worker REQUEST.json RESULT.json`.
+
+Each load runs in a fresh process so no setting's memory (or allocator cache) leaks into the next.
+The result is written atomically as JSON; an exception becomes {"error": "..."} with the kind of
+failure, and the traceback goes to stderr for debugging.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def materialize(request: dict) -> dict:
+    """Write random weights for a config as safetensors, so quantized loads go through from_pretrained."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(request["config"])
+    model_type = values.pop("model_type")
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        values.pop(key, None)
+    config = AutoConfig.for_model(model_type, **values)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=torch.bfloat16, trust_remote_code=request.get("trust_remote_code", False)
+    )
+    model.save_pretrained(request["out_dir"], safe_serialization=True)
+    return {"ok": True}
+
+
+def load(request: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from memprof.measure.tensors import true_bytes
+    from memprof.settings import Setting, bnb_config
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    setting = Setting(**request["setting"])
+    device = request["device"]
+    quantization_config = bnb_config(setting)
+    if quantization_config is not None:
+        import bitsandbytes  # noqa: F401  (fail here, clearly, if bitsandbytes cannot run)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.init()
+        torch.cuda.reset_peak_memory_stats()
+        baseline_allocated = torch.cuda.memory_allocated()
+    rss_baseline = _rss_peak_bytes()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        request["weights_dir"],
+        dtype=getattr(torch, setting.dtype),
+        quantization_config=quantization_config,
+        device_map=device,
+        use_safetensors=True,
+        trust_remote_code=request.get("trust_remote_code", False),
+    )
+    if cuda:
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - start
+    result = {
+        "footprint_bytes": int(model.get_memory_footprint()),
+        "true_bytes": int(true_bytes(model)),
+        "load_s": load_s,
+        "peak_rss_bytes": _rss_peak_bytes(),
+        "rss_baseline_bytes": rss_baseline,
+    }
+    if cuda:
+        result["peak_bytes"] = int(torch.cuda.max_memory_allocated() - baseline_allocated)
+        result["peak_kind"] = "CUDA allocator peak during load (torch.cuda.max_memory_allocated)"
+        result["reserved_peak_bytes"] = int(torch.cuda.max_memory_reserved())
+        result["gpu_name"] = torch.cuda.get_device_name()
+    else:
+        result["peak_bytes"] = result["peak_rss_bytes"] - rss_baseline
+        result["peak_kind"] = "process RSS peak during load, above the RSS after imports"
+    return result
+
+
+TASKS = {"materialize": materialize, "load": load}
+
+
+def main(argv: list[str]) -> int:
+    request_path, result_path = Path(argv[0]), Path(argv[1])
+    request = json.loads(request_path.read_text())
+    try:
+        result = TASKS[request["task"]](request)
+    except Exception as exc:  # every failure becomes a result the parent can show in one line
+        traceback.print_exc()
+        kind = "out of memory" if "out of memory" in str(exc).lower() else type(exc).__name__
+        result = {"error": f"{kind}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")}
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
