@@ -1,0 +1,166 @@
+"""`memprof footprint`: the library function, the CLI, its output formats and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_config
+
+from memprof import footprint
+from memprof.cli import main
+from memprof.errors import DeviceError, SettingError
+from memprof.settings import parse_settings
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "memprof", *args], capture_output=True, text=True)
+
+
+def test_llama_3_1_8b_matches_the_published_seed_figures():
+    """fp32 ~32 GB, nf4 footprint ~5.6 GB (transformers' own figures for Llama-3.1-8B)."""
+    report = footprint("meta-llama/Llama-3.1-8B")
+    rows = {r.setting: r for r in report.settings}
+    assert [r.setting for r in report.settings] == ["fp32", "bf16", "int8", "nf4", "nf4-dq"]
+    assert rows["fp32"].footprint_bytes == 4 * 8_030_261_248 + 2 * 64 * 4  # params + two rotary buffers
+    assert round(rows["nf4"].footprint_bytes / 1e9, 2) == 5.59
+    assert rows["nf4-dq"].true_bytes < rows["nf4"].true_bytes
+    assert rows["nf4"].fits_gpus[0] == "T4" and rows["fp32"].fits_gpus[0] == "A100 40GB"
+
+
+def test_json_output_has_the_documented_shape(capsys):
+    assert main(["footprint", "gpt2", "--settings", "fp32,nf4-dq", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"] == "openai-community/gpt2" and data["params"] == 124_439_808
+    assert [s["setting"] for s in data["settings"]] == ["fp32", "nf4-dq"]
+    for row in data["settings"]:
+        assert {"setting", "params", "footprint_bytes", "true_bytes"} <= row.keys()
+        assert isinstance(row["true_bytes"], int) and "measured" not in row
+
+
+@pytest.mark.parametrize("fmt", ["table", "md", "html", "json"])
+def test_every_format_renders_the_true_bytes(fmt, capsys):
+    assert main(["footprint", "llama-3.2-1b", "--settings", "nf4", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    report = footprint("llama-3.2-1b", settings="nf4")
+    if fmt == "json":
+        assert json.loads(out)["settings"][0]["true_bytes"] == report.settings[0].true_bytes
+    else:
+        assert f"{report.settings[0].true_bytes / 2**30:,.2f} GiB" in out
+
+
+def test_out_writes_the_file_atomically(tmp_path, capsys):
+    target = tmp_path / "gpt2.md"
+    assert main(["footprint", "gpt2", "--format", "md", "--out", str(target)]) == 0
+    assert target.read_text().startswith("## openai-community/gpt2")
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_settings_pick_and_order():
+    assert [s.name for s in parse_settings("nf4-dq, fp32,fp4,fp16")] == ["nf4-dq", "fp32", "fp4", "fp16"]
+
+
+def test_local_config_directory_builds_and_caches_its_inventory(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEMPROF_CACHE_DIR", str(cache))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(tiny_config("bloom")))
+    first = footprint(str(tmp_path / "model"))
+    assert len(list((cache / "inventories").glob("*.json"))) == 1
+    assert footprint(str(tmp_path / "model")) == first
+
+
+def test_catalog_answer_does_not_import_torch():
+    code = (
+        "import sys; from memprof.cli import main; rc = main(['footprint', 'meta-llama/Llama-3.1-405B', '--json']); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported torch'; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["params"] == 405_853_388_800
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["footprint", "no-such-model"], "unknown model 'no-such-model'"),
+        (["footprint", "gpt2", "--settings", "fp8"], "unknown setting 'fp8'"),
+        (["footprint", "gpt2", "--settings", ","], "no setting given"),
+        (["footprint", "gpt2", "--dtype", "int4"], "unknown dtype 'int4'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_malformed_config_on_the_cli_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    proc = run_cli("footprint", str(tmp_path))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "not valid JSON" in proc.stderr
+
+
+def test_unknown_model_type_on_the_cli_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "not-a-real-arch"}')
+    proc = run_cli("footprint", str(tmp_path))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "does not know model_type 'not-a-real-arch'" in proc.stderr
+
+
+def test_measure_on_cuda_without_a_gpu_is_refused():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli("footprint", "gpt2", "--measure", "--device", "cuda", "--settings", "fp32")
+    assert proc.returncode == 2 and "torch sees no CUDA GPU" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_quantized_settings_without_bitsandbytes_are_refused(monkeypatch):
+    from memprof.measure.load import check_device
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now raises ImportError
+    with pytest.raises(SettingError, match="need bitsandbytes"):
+        check_device("cpu", parse_settings("fp32,nf4"))
+    check_device("cpu", parse_settings("fp32,bf16"))  # no bitsandbytes needed
+
+
+def test_unknown_device_is_refused():
+    from memprof.measure.load import check_device
+
+    with pytest.raises(DeviceError, match="unknown device"):
+        check_device("tpu", parse_settings("fp32"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "bloom", "gpt2"])
+def test_measure_equals_prediction_byte_for_byte_in_fresh_processes(arch, tmp_path):
+    """The product path: random weights written as safetensors, one subprocess per setting."""
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config(arch)))
+    report = footprint(str(tmp_path), measure=True)
+    assert report.weights.startswith("random weights")
+    assert [r.setting for r in report.settings] == ["fp32", "bf16", "int8", "nf4", "nf4-dq"]
+    for row in report.settings:
+        assert row.measured.error is None
+        assert row.measured.footprint_bytes == row.footprint_bytes
+        assert row.measured.true_bytes == row.true_bytes
+        assert row.mismatches == ()
+        assert row.measured.load_s > 0 and row.measured.peak_bytes is not None
+
+
+@pytest.mark.slow
+def test_measure_uses_local_safetensors_and_the_cli_json_carries_measured(tiny_model_dir):
+    proc = run_cli("footprint", str(tiny_model_dir("gpt2")), "--measure", "--settings", "bf16,nf4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["weights"].startswith("local safetensors")
+    for row in data["settings"]:
+        assert row["measured"]["footprint_bytes"] == row["footprint_bytes"]
+        assert row["measured"]["true_bytes"] == row["true_bytes"]

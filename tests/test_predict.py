@@ -1,0 +1,86 @@
+"""Predictions equal real loads, byte for byte, for every catalog architecture and every setting."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ARCH_MODELS, tiny_config
+
+from memprof.inventory import build_inventory
+from memprof.predict import predict_setting, tensor_bytes
+from memprof.settings import SETTINGS, Setting, bnb_config
+
+
+def _load(path, setting: Setting):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=getattr(torch, setting.dtype),
+        quantization_config=bnb_config(setting),
+        device_map="cpu",
+        use_safetensors=True,
+    )
+
+
+@pytest.mark.parametrize("setting_name", list(SETTINGS))
+@pytest.mark.parametrize("arch", list(ARCH_MODELS))
+def test_footprint_and_true_bytes_equal_real_load(arch, setting_name, tiny_model_dir):
+    from memprof.measure.tensors import true_bytes
+
+    setting = SETTINGS[setting_name]
+    predicted = predict_setting(build_inventory(tiny_config(arch)), setting)
+    model = _load(tiny_model_dir(arch), setting)
+    assert model.get_memory_footprint() == predicted.footprint_bytes
+    assert true_bytes(model) == predicted.true_bytes
+    assert sum(p.numel() for p in model.parameters()) == predicted.params or setting.quant in ("nf4", "fp4")
+
+
+@pytest.mark.parametrize("setting_name", ["int8", "nf4-dq"])
+def test_unquantized_dtype_override_equals_real_load(setting_name, tiny_model_dir):
+    """--dtype fp16 keeps embeddings, norms and lm_head in float16 instead of bf16."""
+    from memprof.measure.tensors import true_bytes
+
+    setting = SETTINGS[setting_name].with_dtype("float16")
+    predicted = predict_setting(build_inventory(tiny_config("llama")), setting)
+    model = _load(tiny_model_dir("llama"), setting)
+    assert model.get_memory_footprint() == predicted.footprint_bytes
+    assert true_bytes(model) == predicted.true_bytes
+    assert model.model.embed_tokens.weight.dtype.itemsize == 2 and str(model.lm_head.weight.dtype) == "torch.float16"
+
+
+def test_double_quantization_saves_bytes_that_footprint_does_not_show():
+    from memprof.inventory import inventory_for
+    from memprof.models import resolve_model
+
+    inventory = inventory_for(resolve_model("meta-llama/Llama-3.1-8B"))
+    nf4 = predict_setting(inventory, SETTINGS["nf4"])
+    nf4_dq = predict_setting(inventory, SETTINGS["nf4-dq"])
+    assert nf4.footprint_bytes == nf4_dq.footprint_bytes
+    # 6,979,321,856 quantized values in 224 linears = 109,051,904 blocks of 64. Absmax goes from
+    # 4 bytes to 1 per block (-327,155,712); each layer adds a 1 KiB table copy and a 4-byte offset
+    # (+230,272) and a float32 absmax per 256 blocks (+1,703,936).
+    assert nf4.true_bytes - nf4_dq.true_bytes == 327_155_712 - 230_272 - 1_703_936
+
+
+def test_double_quantization_costs_bytes_on_tiny_layers():
+    """Each double-quantized layer copies a 1 KiB code table: on tiny layers that outweighs the saving."""
+    inventory = build_inventory(tiny_config("llama"))
+    assert (
+        predict_setting(inventory, SETTINGS["nf4-dq"]).true_bytes
+        > predict_setting(inventory, SETTINGS["nf4"]).true_bytes
+    )
+
+
+def test_4bit_quant_state_of_one_layer_by_hand():
+    """A 4096x4096 linear: 8,388,608 packed bytes; 262,144 blocks of 64."""
+    from memprof.inventory import TensorRecord
+
+    weight = TensorRecord("q.weight", (4096, 4096), "auto", "param", quant_out_features=4096)
+    nf4 = tensor_bytes(weight, SETTINGS["nf4"])
+    assert nf4.stored_bytes == 4096 * 4096 // 2
+    assert nf4.quant_state_bytes == 262_144 * 4 + 16 * 4
+    dq = tensor_bytes(weight, SETTINGS["nf4-dq"])
+    assert dq.quant_state_bytes == 262_144 + 16 * 4 + 1024 * 4 + 256 * 4 + 4
+    int8 = tensor_bytes(weight, SETTINGS["int8"])
+    assert (int8.stored_bytes, int8.quant_state_bytes) == (4096 * 4096, 4096 * 4)
