@@ -84,6 +84,21 @@ def _with_measurement(row: SettingFootprint, measured: MeasuredLoad) -> SettingF
     return SettingFootprint(**{**row.__dict__, "measured": measured, "mismatches": mismatches})
 
 
+def _accelerate_comparison(inventory: Inventory) -> str:
+    """What accelerate's `estimate-memory` method gives for this model, beside memprof's exact answer.
+
+    Its method (shared/REFERENCES.md): build AutoModel, i.e. without the LM head, count fp32
+    parameter bytes, and divide by 4 for int8 and by 8 for int4; no quant state, no buffers.
+    """
+    base_fp32 = 4 * sum(t.numel for t in inventory.params if not t.name.startswith("lm_head."))
+    exact = {s.name: predict_setting(inventory, s) for s in (SETTINGS["fp32"], SETTINGS["nf4"])}
+    return (
+        f"accelerate estimate-memory's method (model without LM head; int8 = fp32/4, int4 = fp32/8) gives "
+        f"{base_fp32 / 2**30:.2f} GiB fp32 and {base_fp32 / 8 / 2**30:.2f} GiB int4 here; the real load holds "
+        f"{exact['fp32'].true_bytes / 2**30:.2f} GiB fp32 and {exact['nf4'].true_bytes / 2**30:.2f} GiB nf4."
+    )
+
+
 def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, ...]) -> tuple[str, ...]:
     notes = []
     quantized = [s for s in settings if s.quantized]
@@ -98,6 +113,7 @@ def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, 
             f"Quantized settings keep embeddings, norms, the LM head and biases unquantized in {'/'.join(dtypes)} "
             "(--dtype changes that)."
         )
+    notes.append(_accelerate_comparison(inventory))
     notes.append(
         "GPU fit counts the weights alone against the card's total memory: no CUDA context, "
         "activations or KV cache (see `memprof plan`)."
