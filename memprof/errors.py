@@ -27,3 +27,23 @@ class DeviceError(MemprofError):
 
 class MeasureError(MemprofError):
     """A measurement subprocess failed for a reason the user can act on."""
+
+
+class ProfileOptionError(MemprofError):
+    """A `memprof profile` option out of range or a combination it cannot run (e.g. --train full at nf4)."""
+
+
+class ResultFileError(MemprofError):
+    """A saved result file that cannot be read as a memprof result."""
+
+
+class LoraConfigError(MemprofError):
+    """A LoRA option peft would reject or memprof cannot count: rank, alpha, dropout, bias, sweep."""
+
+
+class UnknownTargetError(LoraConfigError):
+    """A --target or --modules-to-save name that matches no module of the model."""
+
+
+class UnsupportedTargetError(LoraConfigError):
+    """A target module peft cannot wrap with LoRA (or with DoRA), or no default targets for the architecture."""

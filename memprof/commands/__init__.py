@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from memprof.commands.compare import CompareCommand
 from memprof.commands.footprint import FootprintCommand
 from memprof.commands.models import ModelsCommand
+from memprof.commands.profile import ProfileCommand
+from memprof.commands.report import ReportCommand
 
-COMMANDS = (FootprintCommand(), ModelsCommand())
+COMMANDS = (FootprintCommand(), ModelsCommand(), ProfileCommand(), ReportCommand(), CompareCommand())

@@ -1,0 +1,28 @@
+"""Show two saved `memprof profile` results side by side, with B / A ratios per setting and metric."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from memprof.commands._common import add_output_args, emit
+
+
+class CompareCommand:
+    name = "compare"
+    help = "two saved profile results side by side, with ratios"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("a", type=Path, metavar="A", help="the baseline result JSON")
+        parser.add_argument("b", type=Path, metavar="B", help="the result JSON to compare with it")
+        add_output_args(parser)
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        from memprof.profile import ProfileReport, compare_reports
+        from memprof.report.profile import compare_renderables, render_compare_html, render_compare_md
+
+        comparison = compare_reports(ProfileReport.load(args.a), ProfileReport.load(args.b))
+        emit(comparison, args, console, table=compare_renderables, md=render_compare_md, html=render_compare_html)
+        return 0

@@ -1,0 +1,526 @@
+"""The subprocess side of `memprof profile`: `python -m memprof.measure.profile_worker REQUEST RESULT`.
+
+One setting per fresh process: load, forward, training step, and (on a GPU with a budget) an
+offloaded load. After each phase the result so far is written atomically to RESULT, and each
+phase is announced on stdout as `PHASE <name>`, so the parent can show progress and, if this
+process is killed (host OOM, Ctrl-C), still report the phases that finished and the one that did
+not. Out of memory inside a phase is a result: {"error": "out of memory during <phase>"}.
+
+The parent side is `run_profile_worker()`, which imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+PHASES = ("load", "forward", "train", "offload")
+
+
+# ---------------------------------------------------------------------------------------------
+# parent side
+
+
+def run_profile_worker(
+    request: dict, *, on_phase: Callable[[str], None] | None = None, timeout_s: float | None = None
+) -> dict:
+    """Run one setting's profile in a fresh process; returns its result dict (with "error" on failure).
+
+    A process that dies keeps the phases it finished; the error names the exit reason and phase.
+    KeyboardInterrupt kills the child and propagates.
+    """
+    say = on_phase or (lambda _phase: None)
+    with tempfile.TemporaryDirectory(prefix="memprof-profile-") as tmp:
+        request_path, result_path, stderr_path = (
+            Path(tmp) / "request.json",
+            Path(tmp) / "result.json",
+            Path(tmp) / "err",
+        )
+        request_path.write_text(json.dumps(request))
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+        phase = "start"
+        started = time.monotonic()
+        with stderr_path.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "memprof.measure.profile_worker", str(request_path), str(result_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+            try:
+                for line in proc.stdout:
+                    if line.startswith("PHASE "):
+                        phase = line.split(None, 1)[1].strip()
+                        say(phase)
+                    if timeout_s is not None and time.monotonic() - started > timeout_s:
+                        proc.kill()
+                proc.wait()
+            except BaseException:  # KeyboardInterrupt: never leave a child holding the GPU
+                proc.kill()
+                proc.wait()
+                raise
+        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        if proc.returncode == 0 and result.get("done"):
+            return result
+        if result.get("error"):
+            return result
+        if proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            hint = " (the OS killed it: most likely out of host memory)" if sig == "SIGKILL" else ""
+            result["error"] = f"worker died with {sig} during {phase}{hint}"
+        else:
+            lines = stderr_path.read_text().strip().splitlines()[-1:] or ["no output"]
+            result["error"] = f"worker exited with code {proc.returncode} during {phase}: {lines[0]}"
+        result["failed_phase"] = phase
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# child side
+
+
+def _rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class _Out:
+    """The result so far, rewritten atomically after every phase."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict = {}
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        tmp.replace(self.path)
+
+
+def _announce(out: _Out, phase: str) -> None:
+    out.data["phase"] = phase
+    print(f"PHASE {phase}", flush=True)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _flop_mapping() -> dict:
+    """FLOP formulas for bitsandbytes' matmul ops, which torch's FlopCounterMode does not know.
+
+    Each multiplies A (..., K) by a (N, K) weight: 2 * numel(out) * K, like aten.mm.
+    """
+    import torch
+
+    def matmul_like(a_shape, *args, out_shape=None, **kwargs) -> int:
+        out = out_shape
+        if isinstance(out, (list, tuple)) and out and isinstance(out[0], (list, tuple, torch.Size)):
+            out = out[0]  # ops returning (out, extra)
+        numel = 1
+        for d in out:
+            numel *= d
+        return 2 * numel * a_shape[-1]
+
+    mapping = {}
+    ops = getattr(torch.ops, "bitsandbytes", None)
+    for name in ("gemm_4bit", "gemv_4bit", "int8_mixed_scaled_mm", "int8_linear_matmul"):
+        with contextlib.suppress(AttributeError, RuntimeError):
+            mapping[getattr(ops, name).default] = matmul_like
+    return mapping
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn`, counted by torch's FlopCounterMode (plus bitsandbytes matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _storage_bytes(tensors) -> int:
+    seen = {}
+    for t in tensors:
+        if t.device.type == "meta":
+            continue
+        s = t.untyped_storage()
+        seen[(str(t.device), s.data_ptr())] = s.nbytes()
+    return sum(seen.values())
+
+
+def _model_parts(model, optimizer=None) -> dict[str, list]:
+    """The model's tensors by kind: frozen weights, quant state, trainable params, grads, optimizer states."""
+    from memprof.measure.tensors import held_tensors
+
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    trainable_ids = {id(p) for p in trainable}
+    weight_ids = {id(p) for p in params} | {id(b) for b in model.buffers()}
+    frozen = [p for p in params if id(p) not in trainable_ids] + list(model.buffers())
+    quant_state = [t for t in held_tensors(model) if id(t) not in weight_ids]
+    grads = [p.grad for p in trainable if p.grad is not None]
+    states = []
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            states += [v for v in state.values() if hasattr(v, "untyped_storage") and v.dim() > 0]
+    return {
+        "weights": frozen,
+        "quant_state": quant_state,
+        "trainable_params": trainable,
+        "grads": grads,
+        "optimizer_states": states,
+    }
+
+
+def _gpu_peaks(sampler) -> dict:
+    import torch
+
+    return {
+        "peak_bytes": int(torch.cuda.max_memory_allocated()),
+        "reserved_peak_bytes": int(torch.cuda.max_memory_reserved()),
+        "device_peak_bytes": sampler.peak_bytes if sampler is not None else None,
+    }
+
+
+def _reset_gpu_peaks(sampler) -> None:
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    if sampler is not None:
+        sampler.reset()
+
+
+def profile_setting(request: dict, out: _Out) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from memprof.measure.nvml import NvmlPeakSampler
+    from memprof.measure.tensors import true_bytes
+    from memprof.measure.timing import time_calls
+    from memprof.measure.tracker import LiveBytesTracker
+    from memprof.settings import Setting, bnb_config
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    setting = Setting(**request["setting"])
+    device = request["device"]
+    cuda = device == "cuda"
+    batch, seq, repeats, warmup = request["batch"], request["seq"], request["repeats"], request["warmup"]
+    tokens = batch * seq
+    data = out.data
+    if request.get("threads"):
+        torch.set_num_threads(int(request["threads"]))
+    data["env"] = {"torch": torch.__version__, "cuda": torch.version.cuda, "torch_threads": torch.get_num_threads()}
+    if cuda:
+        torch.cuda.init()
+        data["env"]["gpu_name"] = torch.cuda.get_device_name()
+
+    sampler = NvmlPeakSampler(torch.cuda.current_device()) if cuda else None
+    phase = "load"
+    try:
+        with sampler if sampler is not None else contextlib.nullcontext():
+            # -- load ---------------------------------------------------------------------
+            _announce(out, "load")
+            quantization_config = bnb_config(setting)
+            if quantization_config is not None:
+                import bitsandbytes  # noqa: F401  (fail here, clearly, if bitsandbytes cannot run)
+            rss_before = _rss_peak_bytes()
+
+            def load(device_map, qconfig=quantization_config, **kwargs):
+                return AutoModelForCausalLM.from_pretrained(
+                    request["weights_dir"],
+                    dtype=getattr(torch, setting.dtype),
+                    quantization_config=qconfig,
+                    device_map=device_map,
+                    use_safetensors=True,
+                    trust_remote_code=request.get("trust_remote_code", False),
+                    **kwargs,
+                )
+
+            if cuda:
+                _reset_gpu_peaks(sampler)
+                start = time.perf_counter()
+                model = load(device)
+                torch.cuda.synchronize()
+                load_s = time.perf_counter() - start
+                peaks = _gpu_peaks(sampler)
+                peak_kind = "CUDA allocator peak (torch.cuda.max_memory_allocated)"
+            else:
+                tracker = LiveBytesTracker()
+                start = time.perf_counter()
+                with tracker:
+                    model = load(device)
+                load_s = time.perf_counter() - start
+                tracker.track(model)  # tensors made outside dispatch (safetensors reads) count too
+                peaks = {"peak_bytes": tracker.peak_bytes}
+                peak_kind = "live-tensor peak (dispatch-mode tracker)"
+                del tracker
+            data["load"] = {
+                "load_s": load_s,
+                "footprint_bytes": int(model.get_memory_footprint()),
+                "true_bytes": int(true_bytes(model)),
+                **peaks,
+                "peak_kind": peak_kind,
+                "peak_rss_bytes": _rss_peak_bytes(),
+                "rss_before_bytes": rss_before,
+            }
+            out.save()
+
+            # -- forward ------------------------------------------------------------------
+            phase = "forward"
+            _announce(out, "forward")
+            generator = torch.Generator().manual_seed(0)
+            vocab = model.config.vocab_size
+            ids = torch.randint(0, vocab, (batch, seq), generator=generator).to(model.device)
+            model.eval()
+
+            def forward():
+                with torch.no_grad():
+                    model(input_ids=ids, use_cache=False)
+
+            if cuda:
+                _reset_gpu_peaks(sampler)
+            timing = time_calls(forward, repeats=repeats, warmup=warmup, device=device)
+            result = {"median_ms": timing.median_ms, "iqr_ms": timing.iqr_ms, "min_ms": timing.min_ms}
+            result["tokens_per_s"] = tokens / (timing.median_ms / 1000)
+            if cuda:
+                result.update(_gpu_peaks(sampler))
+                result["overhead_pct"] = _sampler_overhead(forward, timing.median_ms, repeats, sampler)
+            else:
+                result.update(_tracked_once(forward, model, ids))
+            result["peak_rss_bytes"] = _rss_peak_bytes()
+            data["forward"] = result
+            out.save()
+
+            # -- train --------------------------------------------------------------------
+            if request["train"] != "none":
+                phase = "train"
+                _announce(out, "train")
+                data["train"] = _train(request, setting, model, ids, sampler)
+                out.save()
+
+            # -- offload ------------------------------------------------------------------
+            if cuda and request.get("max_gpu_memory_bytes"):
+                phase = "offload"
+                _announce(out, "offload")
+                del model
+                gc.collect()
+                torch.cuda.empty_cache()
+                data["offload"] = _offload(request, setting, load, ids, data["forward"]["median_ms"], sampler)
+                out.save()
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        data["error"] = f"out of memory during {phase}"
+        data["failed_phase"] = phase
+        traceback.print_exc()
+    data["done"] = True
+    out.save()
+
+
+def _tracked_once(fn, model, ids, optimizer=None, *, categories=False) -> dict:
+    """Run `fn` once under the live-bytes tracker (CPU): its exact live-tensor peak, and its time."""
+    from memprof.measure.tracker import LiveBytesTracker
+
+    gc.collect()
+    with LiveBytesTracker() as tracker:
+        parts = _model_parts(model, optimizer)
+        tracker.track(*parts.values(), ids)
+        start = time.perf_counter()
+        fn()
+        tracked_ms = (time.perf_counter() - start) * 1000
+    result = {"peak_bytes": tracker.peak_bytes, "tracked_ms": tracked_ms}
+    if categories:
+        parts = _model_parts(model, optimizer)  # grads and optimizer states exist now
+        breakdown = tracker.breakdown_at_peak({**parts, "inputs": [ids]})
+        breakdown["activations_temporaries"] = breakdown.pop("other")
+        result["breakdown"] = breakdown
+    return result
+
+
+def _sampler_overhead(fn, median_ms: float, repeats: int, sampler) -> float | None:
+    """Percent the NVML sampling thread adds to a call: time it again with sampling paused."""
+    if sampler is None or sampler._thread is None:
+        return None
+    from memprof.measure.timing import time_calls
+
+    sampler._stop.set()
+    sampler._thread.join()
+    try:
+        bare = time_calls(fn, repeats=max(3, repeats // 2), warmup=1, device="cuda")
+    finally:
+        sampler._stop.clear()
+        sampler._thread = type(sampler._thread)(target=sampler._run, name="memprof-nvml", daemon=True)
+        sampler._thread.start()
+    return 100 * (median_ms - bare.median_ms) / bare.median_ms
+
+
+def _train(request: dict, setting, model, ids, sampler) -> dict:
+    import torch
+
+    from memprof.measure.timing import time_calls
+
+    device = request["device"]
+    cuda = device == "cuda"
+    mode = request["train"]
+    gc_on = request.get("grad_checkpointing", False)
+    gc_kwargs = {"use_reentrant": False}
+    notes = []
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if setting.quantized:
+            # QLoRA recipe: non-quantized params to fp32, input grads on, optional checkpointing
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=gc_kwargs
+            )
+            notes.append("prepare_model_for_kbit_training: unquantized params cast to float32")
+        elif gc_on:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            model.enable_input_require_grads()
+        lora = LoraConfig(
+            r=request["lora_r"],
+            lora_alpha=request["lora_alpha"],
+            target_modules=request.get("target") or None,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+        targets = sorted(model.peft_config["default"].target_modules)
+        notes.append(f"LoRA r={request['lora_r']} alpha={request['lora_alpha']} on {', '.join(targets)}")
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if gc_on:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)  # first, so the grads stay live after a step for the breakdown
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+
+    batch, seq, repeats, warmup = request["batch"], request["seq"], request["repeats"], request["warmup"]
+    if cuda:
+        _reset_gpu_peaks(sampler)
+    timing = time_calls(step, repeats=repeats, warmup=max(1, warmup), device=device)
+    result = {
+        "mode": mode,
+        "grad_checkpointing": gc_on,
+        "median_ms": timing.median_ms,
+        "iqr_ms": timing.iqr_ms,
+        "min_ms": timing.min_ms,
+        "tokens_per_s": batch * seq / (timing.median_ms / 1000),
+        "trainable_params": sum(p.numel() for p in trainable),
+    }
+    if cuda:
+        result.update(_gpu_peaks(sampler))
+        result["overhead_pct"] = _sampler_overhead(step, timing.median_ms, repeats, sampler)
+        parts = {k: _storage_bytes(v) for k, v in _model_parts(model, optimizer).items()}
+        parts["inputs"] = _storage_bytes([ids])
+        parts["activations_temporaries"] = result["peak_bytes"] - sum(parts.values())
+        result["breakdown"] = parts
+        result["breakdown_method"] = "allocator peak minus the persistent tensors (weights, states, grads)"
+    else:
+        result.update(_tracked_once(step, model, ids, optimizer, categories=True))
+        result["breakdown_method"] = "exact: live storages at the tracked peak, classified"
+    result["flops"] = count_flops(step)
+    result["tflops"] = result["flops"] / (timing.median_ms / 1000) / 1e12
+    result["peak_rss_bytes"] = _rss_peak_bytes()
+    result["notes"] = notes
+    return result
+
+
+def _placement_bytes(model) -> dict[str, int]:
+    """Bytes of the model's tensors by where they live: gpu, cpu, or disk (meta tensors with offload hooks)."""
+    from memprof.measure.tensors import held_tensors
+
+    totals = {"gpu_bytes": 0, "cpu_bytes": 0, "disk_bytes": 0}
+    seen = set()
+    for t in held_tensors(model):
+        key = (str(t.device), t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t))
+        if key in seen:
+            continue
+        seen.add(key)
+        kind = {"cuda": "gpu_bytes", "cpu": "cpu_bytes"}.get(t.device.type, "disk_bytes")
+        totals[kind] += t.numel() * t.element_size() if t.device.type == "meta" else t.untyped_storage().nbytes()
+    return totals
+
+
+def _offload(request: dict, setting, load, ids, forward_ms: float, sampler) -> dict:
+    """Load with accelerate's device map under the GPU budget; bytes per device, forward slowdown."""
+    import torch
+
+    from memprof.measure.timing import time_calls
+    from memprof.settings import bnb_config
+
+    budget = int(request["max_gpu_memory_bytes"])
+    qconfig = bnb_config(setting)
+    if qconfig is not None:
+        qconfig.llm_int8_enable_fp32_cpu_offload = True  # quantized layers stay on GPU; the rest may go to CPU
+    with tempfile.TemporaryDirectory(prefix="memprof-offload-") as folder:
+        _reset_gpu_peaks(sampler)
+        model = load(
+            "auto",
+            qconfig,
+            max_memory={0: budget, "cpu": request.get("max_cpu_memory_bytes") or "1000GiB"},
+            offload_folder=folder,
+        )
+        model.eval()
+        placement = _placement_bytes(model)
+
+        def forward():
+            with torch.no_grad():
+                model(input_ids=ids.to(0), use_cache=False)
+
+        timing = time_calls(forward, repeats=request["repeats"], warmup=request["warmup"], device="cuda")
+        result = {
+            "budget_bytes": budget,
+            **placement,
+            "median_ms": timing.median_ms,
+            "iqr_ms": timing.iqr_ms,
+            "slowdown": timing.median_ms / forward_ms,
+            **_gpu_peaks(sampler),
+        }
+    return result
+
+
+def main(argv: list[str]) -> int:
+    request_path, result_path = Path(argv[0]), Path(argv[1])
+    request = json.loads(request_path.read_text())
+    out = _Out(result_path)
+    try:
+        profile_setting(request, out)
+    except Exception as exc:  # every failure becomes a result the parent can show in one line
+        traceback.print_exc()
+        phase = out.data.get("phase", "load")
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        out.data["error"] = f"{phase}: {type(exc).__name__}: {message}".rstrip(": ")
+        out.data["failed_phase"] = phase
+        out.data["done"] = True
+        out.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,589 @@
+"""`profile`: load a model at each setting and measure what a user will hit: load, forward, train step.
+
+Each setting runs in a fresh subprocess (memprof.measure.profile_worker), so no setting's memory or
+allocator cache leaks into the next; a process that dies or runs out of memory becomes a row with
+the reason and phase, and the other settings go on. The result, `ProfileReport`, is the session
+object: it is saved as JSON after every setting, and every other format is rendered from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from memprof import catalog
+from memprof.errors import ProfileOptionError, ResultFileError
+from memprof.models import ResolvedModel, resolve_model
+from memprof.settings import Setting, parse_settings
+
+TRAIN_MODES = ("lora", "full", "none")
+RESULT_KIND = "memprof.profile"
+RESULT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    load_s: float
+    footprint_bytes: int
+    true_bytes: int
+    peak_bytes: int  # allocator peak on GPU, live-tensor peak on CPU (see peak_kind)
+    peak_kind: str = ""
+    reserved_peak_bytes: int | None = None
+    device_peak_bytes: int | None = None  # NVML: whole device, CUDA context included
+    peak_rss_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ForwardProfile:
+    median_ms: float
+    iqr_ms: float
+    tokens_per_s: float
+    peak_bytes: int
+    min_ms: float | None = None
+    reserved_peak_bytes: int | None = None
+    device_peak_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    tracked_ms: float | None = None  # CPU: the separate step run under the live-bytes tracker
+    overhead_pct: float | None = None  # GPU: time the NVML sampler adds
+
+
+@dataclass(frozen=True)
+class TrainProfile:
+    mode: str  # "lora" or "full"
+    median_ms: float
+    iqr_ms: float
+    tokens_per_s: float
+    flops: int  # one step, counted by torch's FlopCounterMode (+ bitsandbytes matmuls)
+    tflops: float  # achieved: flops / median step time
+    peak_bytes: int
+    breakdown: dict[str, int]  # bytes by kind at the peak; sums to peak_bytes
+    trainable_params: int
+    grad_checkpointing: bool = False
+    min_ms: float | None = None
+    peak_fraction: float | None = None  # of the GPU's catalog bf16 dense peak
+    reserved_peak_bytes: int | None = None
+    device_peak_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    tracked_ms: float | None = None
+    overhead_pct: float | None = None
+    breakdown_method: str = ""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OffloadProfile:
+    """accelerate's device map under a GPU budget: planned on the meta device, measured on a GPU."""
+
+    budget_bytes: int
+    plan_gpu_bytes: int
+    plan_cpu_bytes: int
+    plan_disk_bytes: int
+    gpu_bytes: int | None = None  # measured (GPU runs only)
+    cpu_bytes: int | None = None
+    disk_bytes: int | None = None
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    slowdown: float | None = None  # offloaded forward time / on-GPU forward time
+    peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class SettingProfile:
+    setting: str
+    error: str | None = None
+    failed_phase: str | None = None
+    load: LoadProfile | None = None
+    forward: ForwardProfile | None = None
+    train: TrainProfile | None = None
+    offload: OffloadProfile | None = None
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    model: str
+    device: str
+    env: dict
+    batch: int
+    seq: int
+    repeats: int
+    warmup: int
+    train: str
+    settings: tuple[SettingProfile, ...]
+    weights: str = ""
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    target: tuple[str, ...] | None = None
+    grad_checkpointing: bool = False
+    max_gpu_memory_bytes: int | None = None
+    interrupted: bool = False
+    created: str = ""
+    notes: tuple[str, ...] = ()
+    kind: str = RESULT_KIND
+    version: int = RESULT_VERSION
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ProfileReport:
+        if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:
+            raise ResultFileError('not a memprof profile result (no "kind": "memprof.profile")')
+        values = _known(cls, data)
+        values["settings"] = tuple(_setting_from_json(s) for s in data.get("settings", ()))
+        values["notes"] = tuple(values.get("notes", ()))
+        if values.get("target") is not None:
+            values["target"] = tuple(values["target"])
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        from memprof.inventory import write_json_atomic
+
+        write_json_atomic(Path(path), self.to_json(), indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> ProfileReport:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise ResultFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ResultFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls.from_json(data)
+        except ResultFileError as exc:
+            raise ResultFileError(f"{path}: {exc}") from None
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ResultFileError(f"{path} is not a valid memprof profile result ({exc})") from None
+
+
+def _known(cls, data: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _setting_from_json(data: dict) -> SettingProfile:
+    values = _known(SettingProfile, data)
+    for name, kind in (("load", LoadProfile), ("forward", ForwardProfile), ("offload", OffloadProfile)):
+        if values.get(name) is not None:
+            values[name] = kind(**_known(kind, values[name]))
+    if values.get("train") is not None:
+        train = _known(TrainProfile, values["train"])
+        train["notes"] = tuple(train.get("notes", ()))
+        values["train"] = TrainProfile(**train)
+    return SettingProfile(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes and budgets
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_bytes(text: str) -> int:
+    """'15GiB' -> 15 * 2**30; '16GB' -> 16 * 10**9; '1024' -> 1024 bytes."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ProfileOptionError(f"cannot read {text!r} as a size; write e.g. 15GiB, 16000MiB or 16GB")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    binary = "i" in unit
+    scale = 2 ** (10 * "kmgt".index(unit[0]) + 10) if binary else _UNITS[unit.rstrip("b") or "b"]
+    return int(number * scale)
+
+
+def gpu_budget(gpu: str) -> tuple[str, int]:
+    """A catalog GPU's name and total memory, for --gpu."""
+    for card in catalog.gpus():
+        if card.name.lower() == gpu.strip().lower():
+            return card.name, card.memory_bytes
+    names = ", ".join(c.name for c in catalog.gpus())
+    raise ProfileOptionError(f"unknown GPU {gpu!r}; use one of {names}")
+
+
+def catalog_gpu_for(device_name: str | None) -> catalog.Gpu | None:
+    """The catalog card a CUDA device name is ('NVIDIA H100 80GB HBM3' -> H100 80GB), or None."""
+    if not device_name:
+        return None
+    name = device_name.lower()
+    matches = [g for g in catalog.gpus() if all(tok in name for tok in g.name.lower().split())]
+    return max(matches, key=lambda g: len(g.name), default=None)
+
+
+def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, cpu_bytes: int | None = None) -> dict:
+    """Where accelerate's `infer_auto_device_map` puts the model's weights under a GPU budget.
+
+    Runs on the meta-device model, so it needs no GPU. Quantized linears are sized as transformers
+    sizes them for the device map (int8: 1 byte, 4-bit: half a byte per weight; quant state not
+    counted); everything else at the setting's dtype. Returns bytes on gpu / cpu / disk.
+    """
+    import torch
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import CustomDtype, compute_module_sizes
+
+    from memprof.inventory import build_meta_model, quantizable_linears
+
+    meta = build_meta_model(model.config, dtype=setting.dtype)
+    dtype = getattr(torch, setting.dtype)
+    special: dict[str, object] = {}
+    if setting.quantized:
+        quantized = set(quantizable_linears(meta))
+        dtype = torch.int8 if setting.quant == "int8" else CustomDtype.INT4
+        for name, _ in meta.named_parameters():
+            module, _, leaf = name.rpartition(".")
+            if not (module in quantized and leaf == "weight"):
+                special[name] = getattr(torch, setting.dtype)
+    cpu = cpu_bytes if cpu_bytes is not None else _host_memory_bytes()
+    # accelerate warns that GPU 0 does not exist when planning on a machine without one; the plan is still right
+    accelerate_log = logging.getLogger("accelerate.utils.modeling")
+    level = accelerate_log.level
+    accelerate_log.setLevel(logging.ERROR)
+    try:
+        device_map = infer_auto_device_map(
+            meta,
+            max_memory={0: budget_bytes, "cpu": cpu},
+            no_split_module_classes=list(getattr(meta, "_no_split_modules", None) or []),
+            dtype=dtype,
+            special_dtypes=special or None,
+        )
+    finally:
+        accelerate_log.setLevel(level)
+    sizes = compute_module_sizes(meta, dtype=dtype, special_dtypes=special or None)
+    totals = {"gpu": 0, "cpu": 0, "disk": 0}
+    for name, where in device_map.items():
+        kind = "gpu" if isinstance(where, int) or str(where).startswith("cuda") else str(where)
+        totals[kind if kind in totals else "disk"] += int(sizes[name])
+    return {
+        "budget_bytes": budget_bytes,
+        "plan_gpu_bytes": totals["gpu"],
+        "plan_cpu_bytes": totals["cpu"],
+        "plan_disk_bytes": totals["disk"],
+    }
+
+
+def _host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# ---------------------------------------------------------------------------------------------
+# environment
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str, *, command: str | None = None) -> dict:
+    """Versions, machine and GPU (from NVML) for a result file."""
+    from memprof import __version__
+    from memprof.measure.nvml import gpu_info
+
+    env = {
+        "memprof": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "bitsandbytes": _version("bitsandbytes"),
+        "peft": _version("peft"),
+        "accelerate": _version("accelerate"),
+        "gpu_name": None,
+        "gpu_driver": None,
+        "gpu_memory_bytes": None,
+        "command": command,
+    }
+    if device == "cuda":
+        info = gpu_info(0)
+        if info is not None:
+            env.update(gpu_name=info.name, gpu_driver=info.driver, gpu_memory_bytes=info.memory_bytes)
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def default_result_path(model: str, device: str, *, directory: Path = Path("reports")) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/").replace("/", "__"))[-80:]
+    return directory / f"profile-{slug}-{device}-{stamp}.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# the library function
+
+
+def _check_options(
+    chosen: tuple[Setting, ...], *, batch: int, seq: int, repeats: int, warmup: int, train: str, config: dict
+) -> None:
+    for name, value, least in (("batch", batch, 1), ("seq", seq, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, int) or value < least:
+            raise ProfileOptionError(f"--{name} must be an integer >= {least}, not {value!r}")
+    if train not in TRAIN_MODES:
+        raise ProfileOptionError(f"unknown --train {train!r}; use lora, full or none")
+    if train == "full":
+        quantized = [s.name for s in chosen if s.quantized]
+        if quantized:
+            raise ProfileOptionError(
+                f"--train full cannot train quantized weights ({', '.join(quantized)}); "
+                "use --train lora for those, or --settings fp32,bf16 with --train full"
+            )
+    limit = config.get("max_position_embeddings") or config.get("n_positions")
+    if isinstance(limit, int) and seq > limit:
+        raise ProfileOptionError(f"--seq {seq} is longer than the model's {limit} positions; use --seq <= {limit}")
+
+
+def profile(
+    model: str | None = None,
+    *,
+    settings: str | tuple[Setting, ...] | None = None,
+    device: str = "cpu",
+    batch: int = 1,
+    seq: int = 512,
+    repeats: int = 10,
+    warmup: int = 2,
+    train: str = "lora",
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    target: tuple[str, ...] | None = None,
+    grad_checkpointing: bool = False,
+    max_gpu_memory: int | str | None = None,
+    threads: int | None = None,
+    save_to: Path | None = None,
+    command: str | None = None,
+    allow_download: bool = False,
+    trust_remote_code: bool = False,
+    on_progress: Callable[[str, str], None] | None = None,
+    timeout_s: float | None = None,
+) -> ProfileReport:
+    """Measure MODEL at each setting (default fp32, bf16, int8, nf4, nf4-dq), each in a fresh process.
+
+    Per setting: load (time, footprint, true bytes, peak), a no-grad forward of `batch` x `seq`
+    random tokens (median and IQR over `repeats` after `warmup`), a training step (`train`: "lora",
+    QLoRA on 4-bit settings; "full", fp32/bf16 only; or "none"), and, with `max_gpu_memory`, the
+    offload plan under that budget (measured too on a GPU). `save_to` is rewritten after every
+    setting, so an interrupt leaves what was gathered; KeyboardInterrupt propagates after saving.
+    `on_progress(setting, phase)` is called as work starts.
+    """
+    from memprof.measure.load import check_device, weights_for
+    from memprof.measure.profile_worker import run_profile_worker
+
+    resolved = resolve_model(model, allow_download=allow_download)
+    chosen = settings if isinstance(settings, tuple) else parse_settings(settings)
+    _check_options(chosen, batch=batch, seq=seq, repeats=repeats, warmup=warmup, train=train, config=resolved.config)
+    budget = parse_bytes(max_gpu_memory) if isinstance(max_gpu_memory, str) else max_gpu_memory
+    check_device(device, chosen)
+    say = on_progress or (lambda _setting, _phase: None)
+
+    env = environment(device, command=command)
+    notes = [_timing_note(device)]
+    if train == "lora":
+        notes.append("LoRA on quantized settings follows QLoRA: peft's prepare_model_for_kbit_training, then LoRA.")
+    if budget is not None and device != "cuda":
+        notes.append(
+            "Offload: accelerate's device-map plan on the meta model only; bytes moved and slowdown need --device cuda."
+        )
+    base = dict(
+        model=resolved.name,
+        device=device,
+        env=env,
+        batch=batch,
+        seq=seq,
+        repeats=repeats,
+        warmup=warmup,
+        train=train,
+        lora_r=lora_r if train == "lora" else None,
+        lora_alpha=lora_alpha if train == "lora" else None,
+        target=tuple(target) if target else None,
+        grad_checkpointing=grad_checkpointing,
+        max_gpu_memory_bytes=budget,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    rows: list[SettingProfile] = []
+
+    def report(weights: str, *, interrupted: bool = False) -> ProfileReport:
+        return ProfileReport(**base, settings=tuple(rows), weights=weights, interrupted=interrupted, notes=tuple(notes))
+
+    weights_note = ""
+    try:
+        say("", "preparing weights")
+        with weights_for(resolved, trust_remote_code=trust_remote_code) as (weights_dir, weights_note):
+            for setting in chosen:
+                say(setting.name, "starting")
+                plan = None
+                if budget is not None:
+                    say(setting.name, "offload plan")
+                    plan = offload_plan(resolved, setting, budget)
+                request = {
+                    "weights_dir": str(weights_dir),
+                    "setting": dataclasses.asdict(setting),
+                    "device": device,
+                    "batch": batch,
+                    "seq": seq,
+                    "repeats": repeats,
+                    "warmup": warmup,
+                    "train": train,
+                    "lora_r": lora_r,
+                    "lora_alpha": lora_alpha,
+                    "target": list(target) if target else None,
+                    "grad_checkpointing": grad_checkpointing,
+                    "max_gpu_memory_bytes": budget if device == "cuda" else None,
+                    "threads": threads,
+                    "trust_remote_code": trust_remote_code,
+                }
+                raw = run_profile_worker(
+                    request, on_phase=lambda phase, name=setting.name: say(name, phase), timeout_s=timeout_s
+                )
+                for key in ("gpu_name", "torch_threads", "cuda"):
+                    if raw.get("env", {}).get(key) is not None:
+                        env.setdefault(f"worker_{key}", raw["env"][key])
+                rows.append(_row(setting.name, raw, plan, env))
+                if save_to is not None:
+                    report(weights_note).save(save_to)
+    except KeyboardInterrupt:
+        if save_to is not None:
+            report(weights_note, interrupted=True).save(save_to)
+        raise
+    return report(weights_note)
+
+
+def _timing_note(device: str) -> str:
+    if device == "cuda":
+        return (
+            "Times: CUDA events, device synchronised, median and IQR after warm-up. Peaks: allocator "
+            "(max_memory_allocated), reserved (max_memory_reserved), device (NVML used, sampled; includes the CUDA context)."
+        )
+    return (
+        "Times: perf_counter, median and IQR after warm-up, WITHOUT the memory tracker. Peaks: exact bytes of live "
+        "tensors from a separate tracked run (a torch dispatch mode; slower, so never timed), plus process peak RSS."
+    )
+
+
+def _row(name: str, raw: dict, plan: dict | None, env: dict) -> SettingProfile:
+    load = LoadProfile(**_known(LoadProfile, raw["load"])) if raw.get("load") else None
+    forward = ForwardProfile(**_known(ForwardProfile, raw["forward"])) if raw.get("forward") else None
+    train = None
+    if raw.get("train"):
+        values = _known(TrainProfile, raw["train"])
+        values["notes"] = tuple(values.get("notes", ()))
+        card = catalog_gpu_for(env.get("gpu_name") or env.get("worker_gpu_name"))
+        if card is not None:
+            values["peak_fraction"] = values["tflops"] / card.bf16_dense_tflops
+        train = TrainProfile(**values)
+    offload = None
+    if plan is not None:
+        measured = raw.get("offload") or {}
+        extra = {k: v for k, v in _known(OffloadProfile, measured).items() if k not in plan}
+        offload = OffloadProfile(**plan, **extra)
+    return SettingProfile(
+        setting=name,
+        error=raw.get("error"),
+        failed_phase=raw.get("failed_phase"),
+        load=load,
+        forward=forward,
+        train=train,
+        offload=offload,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    setting: str
+    metric: str  # a field path like "train.median_ms"
+    a: float | None
+    b: float | None
+    ratio: float | None  # b / a
+
+
+@dataclass(frozen=True)
+class ProfileComparison:
+    a_title: str
+    b_title: str
+    rows: tuple[ComparisonRow, ...]
+    notes: tuple[str, ...] = ()
+
+
+COMPARED_METRICS = (
+    "load.load_s",
+    "load.true_bytes",
+    "load.peak_bytes",
+    "forward.median_ms",
+    "forward.tokens_per_s",
+    "forward.peak_bytes",
+    "train.median_ms",
+    "train.tokens_per_s",
+    "train.tflops",
+    "train.peak_bytes",
+)
+
+
+def _metric(row: SettingProfile, path: str) -> float | None:
+    phase, name = path.split(".")
+    part = getattr(row, phase)
+    return None if part is None else getattr(part, name)
+
+
+def _describe(report: ProfileReport) -> str:
+    where = report.env.get("gpu_name") or report.env.get("cpu") or report.device
+    return f"{report.model} on {report.device} ({where}), batch {report.batch} x seq {report.seq}, {report.created}"
+
+
+def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
+    """The settings both runs measured, metric by metric, with B / A ratios."""
+    b_rows = {r.setting: r for r in b.settings}
+    rows = []
+    for ra in a.settings:
+        rb = b_rows.get(ra.setting)
+        if rb is None:
+            continue
+        for metric in COMPARED_METRICS:
+            va, vb = _metric(ra, metric), _metric(rb, metric)
+            ratio = vb / va if va and vb is not None else None
+            rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio))
+    notes = []
+    only = sorted({r.setting for r in a.settings} ^ set(b_rows))
+    if only:
+        notes.append(f"in one run only: {', '.join(only)}")
+    for field_name in ("model", "device", "batch", "seq", "train"):
+        if getattr(a, field_name) != getattr(b, field_name):
+            notes.append(f"{field_name} differs: {getattr(a, field_name)} vs {getattr(b, field_name)}")
+    return ProfileComparison(_describe(a), _describe(b), tuple(rows), tuple(notes))
+
+
+__all__ = [
+    "ComparisonRow",
+    "ProfileComparison",
+    "compare_reports",
+    "ForwardProfile",
+    "LoadProfile",
+    "OffloadProfile",
+    "ProfileReport",
+    "SettingProfile",
+    "TrainProfile",
+    "offload_plan",
+    "profile",
+]
