@@ -154,8 +154,15 @@ def footprint(
     if measure:
         from memprof.measure.load import measure_loads
 
+        predicted = {row.setting: row.true_bytes for row in rows}
+        predicted["bf16"] = predict_setting(inventory, SETTINGS["bf16"]).true_bytes  # random weights are made in bf16
         measured, weights = measure_loads(
-            resolved, chosen, device=device, trust_remote_code=trust_remote_code, on_progress=on_progress
+            resolved,
+            chosen,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            predicted_true_bytes=predicted,
+            on_progress=on_progress,
         )
         rows = [_with_measurement(row, measured[row.setting]) for row in rows]
 

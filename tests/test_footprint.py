@@ -164,3 +164,23 @@ def test_measure_uses_local_safetensors_and_the_cli_json_carries_measured(tiny_m
     for row in data["settings"]:
         assert row["measured"]["footprint_bytes"] == row["footprint_bytes"]
         assert row["measured"]["true_bytes"] == row["true_bytes"]
+
+
+def test_measure_skips_settings_whose_weights_cannot_fit_in_memory(tiny_model_dir, monkeypatch):
+    from memprof.measure import load
+
+    monkeypatch.setattr(load, "available_bytes", lambda device: 50_000)  # tiny llama fp32 holds 524,360 bytes
+    report = footprint(str(tiny_model_dir("llama")), settings="fp32,nf4", measure=True)
+    fp32, nf4 = report.settings
+    assert fp32.measured.error.startswith("skipped: the weights alone need")
+    assert nf4.measured.error.startswith("skipped")
+
+
+def test_random_weights_that_cannot_fit_in_memory_are_refused(tmp_path, monkeypatch):
+    from memprof.errors import MeasureError
+    from memprof.measure import load
+
+    monkeypatch.setattr(load, "available_bytes", lambda device: 1000)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config("gpt2")))
+    with pytest.raises(MeasureError, match="random weights for .* need"):
+        footprint(str(tmp_path), settings="fp32", measure=True)

@@ -78,7 +78,9 @@ def _run_worker(request: dict, *, timeout_s: float | None = None) -> dict:
 
 
 @contextmanager
-def weights_for(model: ResolvedModel, *, trust_remote_code: bool = False) -> Iterator[tuple[Path, str]]:
+def weights_for(
+    model: ResolvedModel, *, trust_remote_code: bool = False, bf16_bytes_hint: int | None = None
+) -> Iterator[tuple[Path, str]]:
     """A directory with safetensors weights for the model, and a description of where they came from.
 
     The model's own safetensors when it has them; else random weights written to a temporary
@@ -90,6 +92,13 @@ def weights_for(model: ResolvedModel, *, trust_remote_code: bool = False) -> Ite
     note = "random weights (no local safetensors)"
     if model.pickle_files():
         note = "random weights (only pickled *.bin weights found; memprof never loads pickles)"
+    needed = bf16_bytes_hint
+    free = available_bytes("cpu")
+    if needed is not None and free is not None and needed > free:
+        raise MeasureError(
+            f"random weights for {model.name} need {needed / 2**30:.2f} GiB of host memory in bf16, "
+            f"{free / 2**30:.2f} GiB available; measure a directory with safetensors weights, or a smaller model"
+        )
     with tempfile.TemporaryDirectory(prefix="memprof-weights-") as tmp:
         result = _run_worker(
             {"task": "materialize", "config": model.config, "out_dir": tmp, "trust_remote_code": trust_remote_code}
@@ -113,21 +122,58 @@ def measure_load(weights_dir: Path, setting: Setting, *, device: str, trust_remo
     return MeasuredLoad(**{k: v for k, v in result.items() if k in known})
 
 
+def available_bytes(device: str) -> int | None:
+    """Memory a new load could use: MemAvailable on the CPU, free memory on the GPU; None if unknown."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _too_big(needed_bytes: int | None, device: str) -> str | None:
+    free = available_bytes(device)
+    if needed_bytes is None or free is None or needed_bytes <= free:
+        return None
+    where = "free GPU memory" if device == "cuda" else "available host memory"
+    return f"skipped: the weights alone need {needed_bytes / 2**30:.2f} GiB, {free / 2**30:.2f} GiB {where}"
+
+
 def measure_loads(
     model: ResolvedModel,
     settings: tuple[Setting, ...],
     *,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    predicted_true_bytes: dict[str, int] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, MeasuredLoad], str]:
-    """Load the model once per setting, each in a fresh subprocess. Returns results and the weights' source."""
+    """Load the model once per setting, each in a fresh subprocess. Returns results and the weights' source.
+
+    A setting whose predicted weights cannot fit in the memory available now is skipped with a
+    reason instead of being run into the OOM killer.
+    """
     check_device(device, settings)
     say = on_progress or (lambda _msg: None)
+    predicted = predicted_true_bytes or {}
+    bf16_bytes = predicted.get("bf16")
     say("preparing weights")
-    with weights_for(model, trust_remote_code=trust_remote_code) as (weights_dir, weights_note):
+    with weights_for(model, trust_remote_code=trust_remote_code, bf16_bytes_hint=bf16_bytes) as (
+        weights_dir,
+        weights_note,
+    ):
         results = {}
         for setting in settings:
+            skipped = _too_big(predicted.get(setting.name), device)
+            if skipped:
+                results[setting.name] = MeasuredLoad(error=skipped)
+                continue
             say(f"loading at {setting.name} on {device}")
             results[setting.name] = measure_load(
                 weights_dir, setting, device=device, trust_remote_code=trust_remote_code
