@@ -47,6 +47,32 @@ class FootprintReport:
     device: str | None = None  # set when measured
     weights: str | None = None  # where measured weights came from
     notes: tuple[str, ...] = ()
+    kind: str = "footprint"  # tells saved JSON files of different commands apart
+
+    @classmethod
+    def from_json(cls, data: dict) -> FootprintReport:
+        """Rebuild a report from its JSON (the output of `--json`), for re-rendering."""
+        rows = []
+        for row in data["settings"]:
+            measured = row.get("measured")
+            rows.append(
+                SettingFootprint(
+                    **{
+                        **row,
+                        "fits_gpus": tuple(row["fits_gpus"]),
+                        "mismatches": tuple(row["mismatches"]),
+                        "measured": MeasuredLoad(**measured) if measured is not None else None,
+                    }
+                )
+            )
+        return cls(
+            **{
+                **data,
+                "settings": tuple(rows),
+                "gpu_tiers": tuple(tuple(t) for t in data["gpu_tiers"]),
+                "notes": tuple(data["notes"]),
+            }
+        )
 
 
 def gpu_tiers() -> tuple[catalog.Gpu, ...]:

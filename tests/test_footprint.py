@@ -184,3 +184,13 @@ def test_random_weights_that_cannot_fit_in_memory_are_refused(tmp_path, monkeypa
     (tmp_path / "config.json").write_text(json.dumps(tiny_config("gpt2")))
     with pytest.raises(MeasureError, match="random weights for .* need"):
         footprint(str(tmp_path), settings="fp32", measure=True)
+
+
+def test_saved_json_rebuilds_the_same_report(tiny_model_dir):
+    from memprof.footprint import FootprintReport
+    from memprof.report.jsonout import render_json
+
+    report = footprint(str(tiny_model_dir("bloom")), settings="bf16", measure=True)
+    assert FootprintReport.from_json(json.loads(render_json(report))) == report
+    catalog_report = footprint("gpt2")
+    assert FootprintReport.from_json(json.loads(render_json(catalog_report))) == catalog_report
