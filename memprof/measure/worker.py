@@ -84,7 +84,10 @@ def load(request: dict) -> dict:
         result["gpu_name"] = torch.cuda.get_device_name()
     else:
         result["peak_bytes"] = result["peak_rss_bytes"] - rss_baseline
-        result["peak_kind"] = "process RSS peak during load, above the RSS after imports"
+        result["peak_kind"] = (
+            "process RSS peak during load, above the RSS after imports; safetensors pages that stay "
+            "memory-mapped (file dtype = load dtype) count only once touched"
+        )
     return result
 
 
