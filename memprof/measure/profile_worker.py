@@ -140,7 +140,7 @@ def _flop_mapping() -> dict:
     ops = getattr(torch.ops, "bitsandbytes", None)
     for name in ("gemm_4bit", "gemv_4bit", "int8_mixed_scaled_mm", "int8_linear_matmul"):
         with contextlib.suppress(AttributeError, RuntimeError):
-            mapping[getattr(ops, name).default] = matmul_like
+            mapping[getattr(ops, name)] = matmul_like  # FlopCounterMode looks ops up by overload packet
     return mapping
 
 
@@ -177,7 +177,7 @@ def _model_parts(model, optimizer=None) -> dict[str, list]:
     states = []
     if optimizer is not None:
         for state in optimizer.state.values():
-            states += [v for v in state.values() if hasattr(v, "untyped_storage") and v.dim() > 0]
+            states += [v for v in state.values() if hasattr(v, "untyped_storage")]  # step counters too
     return {
         "weights": frozen,
         "quant_state": quant_state,
