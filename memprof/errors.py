@@ -47,3 +47,11 @@ class UnknownTargetError(LoraConfigError):
 
 class UnsupportedTargetError(LoraConfigError):
     """A target module peft cannot wrap with LoRA (or with DoRA), or no default targets for the architecture."""
+
+
+class GpuFileError(MemprofError):
+    """A --gpu-file that cannot be read or is not of the shape of catalog/gpus.json."""
+
+
+class PlanOptionError(MemprofError):
+    """A `memprof plan` option out of range or a combination it cannot plan (unknown task or GPU, full on nf4)."""

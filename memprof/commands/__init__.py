@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from memprof.commands.compare import CompareCommand
 from memprof.commands.footprint import FootprintCommand
+from memprof.commands.gpus import GpusCommand
+from memprof.commands.lora_params import LoraParamsCommand
 from memprof.commands.models import ModelsCommand
+from memprof.commands.plan import PlanCommand
 from memprof.commands.profile import ProfileCommand
 from memprof.commands.report import ReportCommand
 
-COMMANDS = (FootprintCommand(), ModelsCommand(), ProfileCommand(), ReportCommand(), CompareCommand())
+COMMANDS = (
+    FootprintCommand(),
+    LoraParamsCommand(),
+    ModelsCommand(),
+    ProfileCommand(),
+    ReportCommand(),
+    CompareCommand(),
+    PlanCommand(),
+    GpusCommand(),
+)

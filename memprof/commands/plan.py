@@ -1,0 +1,78 @@
+"""Which GPUs can run MODEL's inference or fine-tuning step, with how much headroom, at what batch and
+context, at what cost. Memory is the exact live-tensor peak of the profiler's step simulated on fake
+tensors (no GPU, no weights); step time and prices are labelled estimates."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from memprof.commands._common import add_model_args, add_output_args, emit
+from memprof.plan import SHARDS, plan
+from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
+from memprof.settings import SETTINGS
+from memprof.simulate import OPTIMIZERS, TASKS
+
+
+def _gpu_list(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+class PlanCommand:
+    name = "plan"
+    help = "which GPUs fit a model's inference / LoRA / QLoRA / full fine-tune step, max batch and context, cost"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        add_model_args(parser)
+        parser.add_argument("--task", default="lora", help=f"one of {', '.join(TASKS)} (default lora)")
+        parser.add_argument("--setting", help=f"one of {', '.join(SETTINGS)} (default bf16; nf4-dq for --task qlora)")
+        parser.add_argument("--batch", type=int, default=1, help="batch size per GPU (default 1)")
+        parser.add_argument(
+            "--seq", type=int, default=512, help="sequence length (prompt length for infer; default 512)"
+        )
+        parser.add_argument(
+            "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache)"
+        )
+        parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
+        parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+        parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
+        parser.add_argument("--target", type=_gpu_list, help="comma list of LoRA target modules (default: peft's)")
+        parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
+        parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
+        parser.add_argument("--gpu-file", type=Path, metavar="FILE", help="JSON of GPUs/prices to add or override")
+        parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")
+        parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")
+        parser.add_argument(
+            "--device", default="cuda", choices=("cuda", "cpu"), help="plan for the GPU table or this CPU"
+        )
+        parser.add_argument("--no-cache", action="store_true", help="re-simulate instead of reading the disk cache")
+        add_output_args(parser)
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        err = Console(stderr=True)
+        with err.status("simulating the step on fake tensors…"):
+            report = plan(
+                args.model,
+                task=args.task,
+                setting=args.setting,
+                batch=args.batch,
+                seq=args.seq,
+                new_tokens=args.new_tokens,
+                optimizer=args.optimizer,
+                lora_r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                target=args.target,
+                grad_checkpointing=args.grad_checkpointing,
+                gpus=args.gpus,
+                gpu_file=args.gpu_file,
+                num_gpus=args.num_gpus,
+                shard=args.shard,
+                device=args.device,
+                allow_download=args.allow_download,
+                trust_remote_code=args.trust_remote_code,
+                use_cache=not args.no_cache,
+            )
+        emit(report, args, console, table=plan_renderables, md=render_plan_md, html=render_plan_html)
+        return 0

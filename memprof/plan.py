@@ -1,0 +1,431 @@
+"""`plan`: which GPUs can run a model's step, with how much headroom, at what batch and context, at what cost.
+
+Peak memory per GPU = the simulated step's peak (simulate.py: exact live bytes of the profiler's
+step on fake tensors, extrapolated in depth, with predict.py's exact weight bytes for quantized
+settings) divided as the sharding divides it, plus the card's CUDA context (gpus.json, labelled
+with whether it was measured). Sweeps over batch and sequence length evaluate the fitted
+polynomial (simulate.StepFit), so they are arithmetic. Step time is a roofline estimate and prices
+are indicative: both are labelled as estimates wherever they are shown.
+
+Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
+- none (N=1) or ddp (N>1 without --shard): nothing is divided.
+- zero2 (DeepSpeed ZeRO stage 2): grads and optimizer states are divided by N.
+- zero3 and fsdp (FSDP FULL_SHARD): weights (incl. quant state), trainable params, grads and
+  optimizer states are divided by N; while a layer runs its full parameters are gathered, and the
+  next layer's are prefetched: two decoder layers' unsharded weights are added.
+- never divided: activations and temporaries, inputs, the KV cache, the dequantization transient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+from memprof import catalog
+from memprof.errors import PlanOptionError
+from memprof.inventory import Inventory, inventory_for
+from memprof.models import resolve_model
+from memprof.predict import predict_setting, tensor_bytes
+from memprof.settings import DTYPE_BYTES, Setting, get_setting
+from memprof.simulate import OPTIMIZERS, TASKS, PhasePeak, Simulation, StepSpec, simulate_model
+
+SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
+MAX_SWEEP_BATCH = 1 << 20
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Bytes per GPU at the step's peak, by what holds them."""
+
+    weights_bytes: int  # frozen weights and buffers, incl. bitsandbytes quant state (exact, predict.py)
+    trainable_params_bytes: int
+    grads_bytes: int
+    optimizer_states_bytes: int
+    activations_bytes: int  # activations and temporaries live at the peak (simulated)
+    inputs_bytes: int
+    kv_cache_bytes: int
+    dequant_transient_bytes: int  # one dequantized bf16 weight inside a bitsandbytes matmul (not traced)
+    gathered_layers_bytes: int  # zero3/fsdp: two layers' unsharded weights
+    total_bytes: int  # the sum: what the step's tensors hold at the peak, without the CUDA context
+    peak_phase: str
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    name: str
+    memory_bytes: int
+    context_bytes: int
+    context_measured: bool
+    required_bytes: int  # breakdown total + context
+    fits: bool  # the step fits in memory_bytes without offload
+    verdict: str  # "fits", "offload" (fits with CPU offload of offload_bytes) or "no"
+    offload_bytes: int
+    headroom_bytes: int  # memory_bytes - required_bytes (negative: short by)
+    max_batch: int  # at the given seq (0: not even batch 1)
+    max_seq: int  # at the given batch (0: not even 1 token; capped at the model's max positions)
+    max_seq_capped: bool
+    step_s: float | None  # roofline estimate
+    step_bound: str  # "compute" or "memory"
+    usd_per_hour: float | None  # for all num_gpus cards
+    usd_per_million_tokens: float | None  # estimate
+    cheapest: bool = False
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    model: str
+    architecture: str
+    task: str
+    setting: str
+    batch: int
+    seq: int
+    new_tokens: int
+    optimizer: str
+    lora_r: int | None
+    lora_alpha: int | None
+    grad_checkpointing: bool
+    num_gpus: int
+    shard: str
+    device: str  # "cuda" (plan for the GPU table) or "cpu" (this machine)
+    layers: int
+    simulated_layers: tuple[int, ...]
+    breakdown: Breakdown  # per GPU, after sharding
+    unsharded_total_bytes: int
+    flops_per_step: int  # per GPU, counted exactly (FlopCounterMode on the simulated step)
+    tokens_per_step: int  # all GPUs
+    fit_error_bytes: int  # fitted polynomial vs direct simulation at a point it was not fitted on
+    from_cache: bool
+    gpus: tuple[GpuPlan, ...]
+    cheapest: str | None
+    notes: tuple[str, ...] = ()
+
+
+def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, shard: str, optimizer: str) -> None:
+    if task not in TASKS:
+        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if batch < 1 or seq < 1:
+        raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
+    if num_gpus < 1:
+        raise PlanOptionError(f"--num-gpus must be at least 1 (got {num_gpus})")
+    if shard not in SHARDS:
+        raise PlanOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARDS)}")
+    if optimizer not in OPTIMIZERS:
+        raise PlanOptionError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if task == "full" and setting.quantized:
+        raise PlanOptionError(
+            f"a full fine-tune cannot train {setting.name} weights (bitsandbytes weights are frozen); "
+            "use --task qlora, or --setting bf16/fp16/fp32"
+        )
+    if task == "qlora" and not setting.quantized:
+        raise PlanOptionError(f"--task qlora needs a quantized setting (nf4-dq, nf4, fp4, int8), not {setting.name}")
+
+
+def _layer_weight_bytes(inventory: Inventory, setting: Setting) -> int:
+    """Bytes of decoder layer 0's tensors at the setting (what zero3/fsdp gathers per layer)."""
+    total = 0
+    for record in inventory.tensors:
+        parts = record.name.split(".")
+        if "0" in parts and parts[parts.index("0") - 1] in ("layers", "h", "blocks", "layer"):
+            b = tensor_bytes(record, setting)
+            total += b.stored_bytes + b.quant_state_bytes
+    return total
+
+
+def _largest_quantized_linear(inventory: Inventory, setting: Setting) -> int:
+    if not setting.quantized:
+        return 0
+    numel = max((t.numel for t in inventory.tensors if t.quantizable), default=0)
+    return numel * DTYPE_BYTES[setting.dtype]
+
+
+@dataclass(frozen=True)
+class _Context:
+    task: str
+    setting: Setting
+    exact_weights_bytes: int | None  # quantized settings: predict.py true bytes replace the stand-ins
+    dequant_bytes: int
+    layer_bytes: int
+    num_gpus: int
+    shard: str
+
+
+def _phase_breakdown(phase: PhasePeak, ctx: _Context) -> Breakdown:
+    b = phase.breakdown
+    weights = b["weights"] + b["quant_state"]
+    if ctx.exact_weights_bytes is not None:
+        weights = ctx.exact_weights_bytes
+    trainable, grads, states = b["trainable_params"], b["grads"], b["optimizer_states"]
+    gathered = 0
+    n = ctx.num_gpus
+    if n > 1 and ctx.shard == "zero2":
+        grads, states = -(-grads // n), -(-states // n)
+    elif n > 1 and ctx.shard in ("zero3", "fsdp"):
+        weights, trainable = -(-weights // n), -(-trainable // n)
+        grads, states = -(-grads // n), -(-states // n)
+        gathered = 2 * ctx.layer_bytes
+    parts = (
+        weights,
+        trainable,
+        grads,
+        states,
+        b["activations_temporaries"],
+        b["inputs"],
+        b["kv_cache"],
+        ctx.dequant_bytes,
+        gathered,
+    )
+    return Breakdown(*parts, total_bytes=sum(parts), peak_phase=phase.phase)
+
+
+def _peak(sim: Simulation, ctx: _Context) -> Breakdown:
+    return max((_phase_breakdown(p, ctx) for p in sim.phases), key=lambda x: x.total_bytes)
+
+
+def _roofline_s(flops: int, bd: Breakdown, gpu: catalog.Gpu, task: str, new_tokens: int) -> tuple[float, str]:
+    """max(FLOPs / peak dense bf16 FLOP/s, bytes moved / bandwidth): a lower bound on the step time.
+
+    Bytes moved: training reads the weights and trainable params in forward and backward, writes
+    and reads the activations, and reads+writes params, grads and optimizer states in the update;
+    inference reads the weights and activations once per pass (prefill, then each new token
+    re-reads the weights and the KV cache).
+    """
+    params = bd.weights_bytes + bd.trainable_params_bytes + bd.gathered_layers_bytes
+    if task == "infer":
+        moved = params + bd.activations_bytes + new_tokens * (params + bd.kv_cache_bytes)
+    else:
+        moved = 2 * params + 2 * bd.activations_bytes + 2 * (bd.trainable_params_bytes + bd.grads_bytes)
+        moved += 2 * bd.optimizer_states_bytes
+    compute_s = flops / (gpu.bf16_dense_tflops * 1e12)
+    memory_s = moved / (gpu.memory_bandwidth_gbs * 1e9)
+    return (compute_s, "compute") if compute_s >= memory_s else (memory_s, "memory")
+
+
+def _max_int(ok, hi: int) -> int:
+    """Largest x in [1, hi] with ok(x) (ok monotone decreasing); 0 if none."""
+    if not ok(1):
+        return 0
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _host_memory_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in open("/proc/meminfo").read().splitlines():  # noqa: SIM115
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _cpu_as_gpu() -> catalog.Gpu:
+    return catalog.Gpu("cpu (this machine)", _host_memory_bytes(), 0.0, 0.0, 0.0, 0)
+
+
+def _select_gpus(names: tuple[str, ...] | None, table: tuple[catalog.Gpu, ...]) -> tuple[catalog.Gpu, ...]:
+    if not names:
+        return table
+    chosen = []
+    for name in names:
+        gpu = catalog.find_gpu(name, table)
+        if gpu is None:
+            known = ", ".join(g.name for g in table)
+            raise PlanOptionError(f"unknown GPU {name!r}; known: {known} (add yours with --gpu-file)")
+        if gpu not in chosen:
+            chosen.append(gpu)
+    return tuple(chosen)
+
+
+def plan(
+    model: str | None = None,
+    *,
+    task: str = "lora",
+    setting: str | None = None,
+    batch: int = 1,
+    seq: int = 512,
+    new_tokens: int = 0,
+    optimizer: str = "adamw",
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    target: tuple[str, ...] | None = None,
+    grad_checkpointing: bool = False,
+    gpus: tuple[str, ...] | None = None,
+    gpu_file=None,
+    num_gpus: int = 1,
+    shard: str = "none",
+    device: str = "cuda",
+    allow_download: bool = False,
+    trust_remote_code: bool = False,
+    use_cache: bool = True,
+) -> PlanReport:
+    """Plan MODEL's step (task infer / lora / qlora / full) on every GPU of the table (or `gpus`).
+
+    `setting` defaults to bf16 (nf4-dq for qlora). `device="cpu"` plans for this machine's memory
+    instead, with the CPU's defaults (AdamW for-loop), to be checked against `memprof profile --device cpu`.
+    """
+    if task not in TASKS:
+        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    chosen_setting = get_setting(setting or ("nf4-dq" if task == "qlora" else "bf16"))
+    if shard == "none" and num_gpus > 1:
+        shard = "ddp"
+    _check(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
+    if new_tokens < 0:
+        raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
+    table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))
+
+    resolved = resolve_model(model, allow_download=allow_download)
+    inventory = inventory_for(resolved, trust_remote_code=trust_remote_code)
+    sim_task = "lora" if task == "qlora" else task
+    spec = StepSpec(
+        task=sim_task,
+        setting=chosen_setting.name,
+        optimizer=optimizer,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        target=tuple(target) if target else None,
+        grad_checkpointing=grad_checkpointing,
+        new_tokens=new_tokens if task == "infer" else 0,
+        foreach=device != "cpu" and optimizer == "adamw",
+    )
+    fitted = simulate_model(
+        resolved.config, spec, batch=batch, seq=seq, trust_remote_code=trust_remote_code, use_cache=use_cache
+    )
+    exact_weights = None
+    if chosen_setting.quantized:
+        bytes_setting = replace(chosen_setting, dtype="float32") if sim_task == "lora" else chosen_setting
+        exact_weights = predict_setting(inventory, bytes_setting).true_bytes
+    ctx = _Context(
+        task=task,
+        setting=chosen_setting,
+        exact_weights_bytes=exact_weights,
+        dequant_bytes=_largest_quantized_linear(inventory, chosen_setting) if task != "full" else 0,
+        layer_bytes=_layer_weight_bytes(inventory, chosen_setting),
+        num_gpus=num_gpus,
+        shard=shard,
+    )
+    breakdown = _peak(fitted.direct, ctx)
+    unsharded = _peak(fitted.direct, replace(ctx, num_gpus=1, shard="none")).total_bytes
+    tokens = batch * (seq + spec.new_tokens) * num_gpus
+    max_positions = int(resolved.config.get("max_position_embeddings") or resolved.config.get("n_positions") or 1 << 20)
+
+    def total_at(b: int, s: int) -> int:
+        if (b, s) == (batch, seq):
+            return breakdown.total_bytes
+        return _peak(fitted.fit.at(b, s), ctx).total_bytes
+
+    rows = []
+    for gpu in table:
+        required = breakdown.total_bytes + gpu.context_bytes
+        headroom = gpu.memory_bytes - required
+        verdict, offload = "fits", 0
+        if headroom < 0:
+            # accelerate / DeepSpeed offload frozen weights and optimizer states; one layer stays resident
+            offloadable = breakdown.weights_bytes + breakdown.optimizer_states_bytes - ctx.layer_bytes
+            verdict = "offload" if -headroom <= offloadable and device != "cpu" else "no"
+            offload = -headroom if verdict == "offload" else 0
+        budget = gpu.memory_bytes - gpu.context_bytes
+        max_batch = _max_int(lambda b: total_at(b, seq) <= budget, MAX_SWEEP_BATCH)
+        max_seq = _max_int(lambda s: total_at(batch, s) <= budget, max_positions)
+        step_s = bound = usd_h = usd_m = None
+        if gpu.bf16_dense_tflops > 0:
+            step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
+            usd_h = gpu.usd_per_hour * num_gpus
+            usd_m = usd_h / 3600 * step_s / tokens * 1e6
+        rows.append(
+            GpuPlan(
+                name=gpu.name,
+                memory_bytes=gpu.memory_bytes,
+                context_bytes=gpu.context_bytes,
+                context_measured=gpu.context_measured,
+                required_bytes=required,
+                fits=verdict == "fits",
+                verdict=verdict,
+                offload_bytes=offload,
+                headroom_bytes=headroom,
+                max_batch=max_batch,
+                max_seq=max_seq,
+                max_seq_capped=max_seq == max_positions,
+                step_s=step_s,
+                step_bound=bound or "",
+                usd_per_hour=usd_h,
+                usd_per_million_tokens=usd_m,
+            )
+        )
+    fitting = [r for r in rows if r.fits and r.usd_per_million_tokens is not None]
+    cheapest = min(fitting, key=lambda r: r.usd_per_million_tokens).name if fitting else None
+    rows = [replace(r, cheapest=r.name == cheapest) for r in rows]
+    return PlanReport(
+        model=resolved.name,
+        architecture=inventory.architecture,
+        task=task,
+        setting=chosen_setting.name,
+        batch=batch,
+        seq=seq,
+        new_tokens=spec.new_tokens,
+        optimizer=optimizer if task != "infer" else "",
+        lora_r=lora_r if sim_task == "lora" else None,
+        lora_alpha=lora_alpha if sim_task == "lora" else None,
+        grad_checkpointing=grad_checkpointing,
+        num_gpus=num_gpus,
+        shard=shard,
+        device=device,
+        layers=fitted.layers,
+        simulated_layers=fitted.simulated_layers,
+        breakdown=breakdown,
+        unsharded_total_bytes=unsharded,
+        flops_per_step=fitted.direct.flops,
+        tokens_per_step=tokens,
+        fit_error_bytes=fitted.fit_error_bytes,
+        from_cache=fitted.from_cache,
+        gpus=tuple(rows),
+        cheapest=cheapest,
+        notes=_notes(task, chosen_setting, device, fitted, num_gpus, shard, max_positions),
+    )
+
+
+def _notes(task, setting, device, fitted, num_gpus, shard, max_positions) -> tuple[str, ...]:
+    notes = [
+        "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
+        f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}); "
+        f"batch/seq sweeps use a fitted polynomial whose error at an unfitted point is {fitted.fit_error_bytes:,} bytes.",
+        "Not in the simulation: CUDA caching-allocator fragmentation and rounding, kernel workspaces (cuBLAS, "
+        "flash-attention), CUDA-only kernel choices (SDPA flash/mem-efficient backends are traced as the CPU kernel). "
+        "No margin is added for them yet: it is to be measured on a GPU as torch.cuda.max_memory_reserved() minus "
+        "the simulated peak (memprof profile --device cuda).",
+    ]
+    if device != "cpu":
+        notes.append(
+            "CUDA context: a per-card constant from gpus.json, NOT yet measured by memprof (commonly reported value); "
+            "to be measured on the next GPU session."
+        )
+        notes.append(
+            "step_s is a roofline ESTIMATE (max of FLOPs / dense bf16 peak and bytes moved / bandwidth): a lower "
+            "bound, real steps are slower; FLOPs are counted exactly on the simulated step. Prices are indicative "
+            "on-demand USD/hour (override with --gpu-file), so cost per million tokens is an estimate too."
+        )
+        if task != "infer":
+            notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
+    if setting.quantized:
+        notes.append(
+            f"{setting.name}: bitsandbytes layers are simulated as bf16 linears with their dtype casts; weights are "
+            "predict.py's exact true bytes (incl. quant state"
+            + (", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else "")
+            + "). The dequantized bf16 copy bitsandbytes makes inside each matmul is added once for the largest layer."
+        )
+    if num_gpus > 1:
+        what = {
+            "ddp": "nothing is divided (every GPU holds everything)",
+            "zero2": "grads and optimizer states are divided",
+            "zero3": "weights, trainable params, grads and optimizer states are divided; two layers are gathered",
+            "fsdp": "weights, trainable params, grads and optimizer states are divided; two layers are gathered",
+        }[shard]
+        notes.append(
+            f"{num_gpus} GPUs, {shard}: {what}; activations, inputs and KV cache are per GPU. Cost is for all "
+            f"{num_gpus} cards; tokens per step count every GPU's batch."
+        )
+    notes.append(f"max seq is capped at the model's max_position_embeddings ({max_positions:,}).")
+    return tuple(notes)

@@ -1,0 +1,151 @@
+"""Renderers for PlanReport: rich table with a stacked memory bar, Markdown, HTML. Nothing here computes."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from memprof.plan import Breakdown, GpuPlan, PlanReport
+from memprof.report.units import count, gib
+
+# (field, label, colour) of the stacked bar, bottom to top of the step's memory
+BAR_PARTS = (
+    ("weights_bytes", "weights", "blue"),
+    ("trainable_params_bytes", "trainable", "cyan"),
+    ("grads_bytes", "grads", "magenta"),
+    ("optimizer_states_bytes", "optimizer", "yellow"),
+    ("activations_bytes", "activations", "green"),
+    ("inputs_bytes", "inputs", "white"),
+    ("kv_cache_bytes", "KV cache", "bright_red"),
+    ("dequant_transient_bytes", "dequant", "bright_black"),
+    ("gathered_layers_bytes", "gathered", "bright_blue"),
+)
+BAR_WIDTH = 72
+VERDICT = {"fits": "fits", "offload": "offload", "no": "does not fit"}
+HEAD = [
+    "GPU",
+    "memory",
+    "needs",
+    "fit",
+    "headroom",
+    "offload",
+    "max batch",
+    "max seq",
+    "step s (est.)",
+    "$/h",
+    "$/M tok (est.)",
+]
+
+
+def _title(r: PlanReport) -> str:
+    what = {"infer": "inference", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}[r.task]
+    parts = [f"{r.model} · {what} · {r.setting} · batch {r.batch} × seq {r.seq:,}"]
+    if r.new_tokens:
+        parts.append(f"+{r.new_tokens:,} new tokens")
+    if r.lora_r is not None:
+        parts.append(f"r={r.lora_r}")
+    if r.optimizer:
+        parts.append(r.optimizer)
+    if r.grad_checkpointing:
+        parts.append("grad ckpt")
+    if r.num_gpus > 1:
+        parts.append(f"{r.num_gpus} GPUs {r.shard}")
+    return " · ".join(parts)
+
+
+def _seconds(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x * 1000:,.1f} ms" if x < 1 else f"{x:,.2f} s"
+
+
+def _money(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"${x:,.{digits}f}"
+
+
+def _cells(g: GpuPlan) -> list[str]:
+    seq = "—" if g.max_seq == 0 else f"{g.max_seq:,}" + (" (max)" if g.max_seq_capped else "")
+    return [
+        g.name + (" ★" if g.cheapest else ""),
+        gib(g.memory_bytes),
+        gib(g.required_bytes),
+        VERDICT[g.verdict],
+        gib(g.headroom_bytes),
+        gib(g.offload_bytes) if g.offload_bytes else "—",
+        f"{g.max_batch:,}" if g.max_batch else "—",
+        seq,
+        _seconds(g.step_s) + (f" {g.step_bound}" if g.step_bound else ""),
+        _money(g.usd_per_hour),
+        _money(g.usd_per_million_tokens, 3),
+    ]
+
+
+def _bar(bd: Breakdown) -> Text:
+    text = Text()
+    total = bd.total_bytes or 1
+    used = 0
+    for name, _label, colour in BAR_PARTS:
+        value = getattr(bd, name)
+        width = round(BAR_WIDTH * (used + value) / total) - round(BAR_WIDTH * used / total)
+        used += value
+        text.append("█" * width, style=colour)
+    return text
+
+
+def _legend(bd: Breakdown) -> Text:
+    text = Text()
+    for name, label, colour in BAR_PARTS:
+        value = getattr(bd, name)
+        if value:
+            text.append("■ ", style=colour)
+            text.append(f"{label} {gib(value)}  ")
+    return text
+
+
+def plan_renderables(r: PlanReport) -> Group:
+    table = Table(title=_title(r), title_style="bold", title_justify="left")
+    for i, name in enumerate(HEAD):
+        table.add_column(name, justify="left" if i in (0, 3) else "right", style="bold" if i == 0 else None)
+    styles = {"fits": None, "offload": "yellow", "no": "dim"}
+    for g in r.gpus:
+        table.add_row(*_cells(g), style="bold green" if g.cheapest else styles[g.verdict])
+    bd = r.breakdown
+    parts = [
+        table,
+        Text(""),
+        Text(f"Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", style="bold"),
+        _bar(bd),
+        _legend(bd),
+        Text(
+            f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact) · tokens per step: {count(r.tokens_per_step)}"
+            + (f" · cheapest that fits: {r.cheapest}" if r.cheapest else " · no GPU fits without offload"),
+        ),
+    ]
+    parts += [Text(f"• {note}", style="dim") for note in r.notes]
+    return Group(*parts)
+
+
+def render_plan_html(r: PlanReport) -> str:
+    console = Console(record=True, width=170, file=io.StringIO())
+    console.print(plan_renderables(r))
+    return console.export_html(inline_styles=True)
+
+
+def render_plan_md(r: PlanReport) -> str:
+    bd = r.breakdown
+    lines = [f"## {_title(r)}", ""]
+    lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(_cells(g)) + " |" for g in r.gpus]
+    lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", ""]
+    lines += ["| part | bytes | GiB |", "|---|---|---|"]
+    lines += [f"| {label} | {count(getattr(bd, name))} | {gib(getattr(bd, name))} |" for name, label, _ in BAR_PARTS]
+    lines += [f"| total | {count(bd.total_bytes)} | {gib(bd.total_bytes)} |", ""]
+    lines.append(
+        f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact); cheapest that fits: {r.cheapest or 'none'}"
+    )
+    lines.append("")
+    lines += [f"- {note}" for note in r.notes]
+    return "\n".join(lines) + "\n"
