@@ -328,8 +328,8 @@ def plan(
             verdict = "offload" if -headroom <= offloadable and device != "cpu" else "no"
             offload = -headroom if verdict == "offload" else 0
         budget = gpu.memory_bytes - gpu.context_bytes
-        max_batch = _max_int(lambda b: total_at(b, seq) <= budget, MAX_SWEEP_BATCH)
-        max_seq = _max_int(lambda s: total_at(batch, s) <= budget, max_positions)
+        max_batch = _max_int(lambda b, cap=budget: total_at(b, seq) <= cap, MAX_SWEEP_BATCH)
+        max_seq = _max_int(lambda s, cap=budget: total_at(batch, s) <= cap, max_positions)
         step_s = bound = usd_h = usd_m = None
         if gpu.bf16_dense_tflops > 0:
             step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
