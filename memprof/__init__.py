@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from memprof.errors import MemprofError
 from memprof.footprint import FootprintReport, SettingFootprint, footprint
 from memprof.inventory import Inventory, inventory_for
+from memprof.lora import LoraReport, LoraSweep, lora_params, lora_sweep
 from memprof.models import ResolvedModel, resolve_model
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.settings import SETTINGS, Setting, parse_settings
@@ -18,6 +19,8 @@ __all__ = [
     "SETTINGS",
     "FootprintReport",
     "Inventory",
+    "LoraReport",
+    "LoraSweep",
     "MemprofError",
     "ResolvedModel",
     "Setting",
@@ -25,6 +28,8 @@ __all__ = [
     "SettingPrediction",
     "footprint",
     "inventory_for",
+    "lora_params",
+    "lora_sweep",
     "parse_settings",
     "predict_setting",
     "resolve_model",
