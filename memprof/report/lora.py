@@ -42,7 +42,8 @@ def _targets_line(report: LoraReport) -> str:
     asked = "" if report.target == ",".join(report.target_modules) else f" (from --target {report.target})"
     if report.target == "peft default":
         asked = " (peft's default for this architecture)"
-    return f"target_modules: {', '.join(report.target_modules)}{asked} · {report.adapted_layers} adapted layers"
+    layers = f"{report.adapted_layers} adapted layer{'' if report.adapted_layers == 1 else 's'}"
+    return f"target_modules: {', '.join(report.target_modules)}{asked} · {layers}"
 
 
 def _per_layer(row: ModuleParams, r: int) -> str:
