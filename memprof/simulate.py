@@ -200,13 +200,25 @@ def build_step_model(config: dict, spec: StepSpec, *, trust_remote_code: bool = 
 
     Returns (model, standin_weight_bytes). Quantized linears become QuantLinearStandIn (bf16).
     """
-    import torch
-
-    from memprof.inventory import build_meta_model, quantizable_linears
+    from memprof.inventory import build_meta_model
     from memprof.settings import get_setting
 
     setting = get_setting(spec.setting)
     model = build_meta_model(config, dtype=setting.dtype, trust_remote_code=trust_remote_code)
+    return prepare_step_model(model, spec)
+
+
+def prepare_step_model(model, spec: StepSpec):
+    """Apply the profiler's preparation (profile_worker._train) to a model, meta or real.
+
+    Returns (model, standin_weight_bytes).
+    """
+    import torch
+
+    from memprof.inventory import quantizable_linears
+    from memprof.settings import get_setting
+
+    setting = get_setting(spec.setting)
     standin_bytes = 0
     quantized_weights: set[int] = set()
     if setting.quantized:
@@ -329,7 +341,10 @@ def _cache_tensors(cache) -> list:
 class StepSimulator:
     """One fake model of `layers` layers, reused for steps at several (batch, seq)."""
 
-    def __init__(self, config: dict, spec: StepSpec, *, layers: int, trust_remote_code: bool = False) -> None:
+    def __init__(
+        self, config: dict, spec: StepSpec, *, layers: int, trust_remote_code: bool = False, real_model=None
+    ) -> None:
+        """`real_model`: run the same step on this prepared real model instead (for equality tests)."""
         import torch
         from torch._subclasses.fake_tensor import FakeTensorMode
         from transformers.utils import logging as hf_logging
@@ -339,9 +354,13 @@ class StepSimulator:
         self.spec = spec
         self.layers = layers
         self.vocab = int(self.config.get("vocab_size", 2))
-        self.mode = FakeTensorMode()
-        self.model, self.standin_bytes = build_step_model(self.config, spec, trust_remote_code=trust_remote_code)
-        _fakeify(self.model, self.mode)
+        if real_model is not None:
+            self.mode = contextlib.nullcontext()
+            self.model, self.standin_bytes = real_model, 0
+        else:
+            self.mode = FakeTensorMode()
+            self.model, self.standin_bytes = build_step_model(self.config, spec, trust_remote_code=trust_remote_code)
+            _fakeify(self.model, self.mode)
         self.optimizer = None
         if spec.task == "infer":
             self.model.eval()
