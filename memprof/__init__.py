@@ -12,6 +12,7 @@ from memprof.footprint import FootprintReport, SettingFootprint, footprint
 from memprof.inventory import Inventory, inventory_for
 from memprof.lora import LoraReport, LoraSweep, lora_params, lora_sweep
 from memprof.models import ResolvedModel, resolve_model
+from memprof.plan import PlanReport, plan
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.settings import SETTINGS, Setting, parse_settings
 
@@ -22,6 +23,7 @@ __all__ = [
     "LoraReport",
     "LoraSweep",
     "MemprofError",
+    "PlanReport",
     "ResolvedModel",
     "Setting",
     "SettingFootprint",
@@ -31,6 +33,7 @@ __all__ = [
     "lora_params",
     "lora_sweep",
     "parse_settings",
+    "plan",
     "predict_setting",
     "resolve_model",
 ]
