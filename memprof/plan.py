@@ -13,7 +13,9 @@ Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
 - zero3 and fsdp (FSDP FULL_SHARD): weights (incl. quant state), trainable params, grads and
   optimizer states are divided by N; while a layer runs its full parameters are gathered, and the
   next layer's are prefetched: two decoder layers' unsharded weights are added.
-- never divided: activations and temporaries, inputs, the KV cache, the dequantization transient.
+- never divided: activations and forward/backward temporaries, inputs, the KV cache, the dequantization
+  transient. The optimizer phase's temporaries (foreach AdamW's param-sized lists) are divided with
+  the states under zero2/zero3/fsdp.
 """
 
 from __future__ import annotations
@@ -157,6 +159,11 @@ def _phase_breakdown(phase: PhasePeak, ctx: _Context) -> Breakdown:
     trainable, grads, states = b["trainable_params"], b["grads"], b["optimizer_states"]
     gathered = 0
     n = ctx.num_gpus
+    temporaries = b["activations_temporaries"]
+    if n > 1 and ctx.shard in ("zero2", "zero3", "fsdp") and phase.phase == "optimizer":
+        # activations are freed by then: what is live are the optimizer's temporaries (foreach AdamW
+        # makes param-sized lists), computed over this GPU's shard of the params
+        temporaries = -(-temporaries // n)
     if n > 1 and ctx.shard == "zero2":
         grads, states = -(-grads // n), -(-states // n)
     elif n > 1 and ctx.shard in ("zero3", "fsdp"):
@@ -168,7 +175,7 @@ def _phase_breakdown(phase: PhasePeak, ctx: _Context) -> Breakdown:
         trainable,
         grads,
         states,
-        b["activations_temporaries"],
+        temporaries,
         b["inputs"],
         b["kv_cache"],
         ctx.dequant_bytes,
