@@ -45,7 +45,7 @@ from importlib import metadata
 
 from memprof.inventory import cache_dir, config_key, write_json_atomic
 
-SIM_FORMAT = 1
+SIM_FORMAT = 2
 TASKS = ("infer", "lora", "qlora", "full")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 # Categories of live bytes, the same names as the profiler's breakdown.
@@ -298,10 +298,12 @@ class _PhaseRecorder:
         self.phases: list[PhasePeak] = []
 
     @contextlib.contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str, held: dict | None = None):
+        """`held`: categories taken before the phase (tensors it frees, e.g. zero_grad's grads), kept
+        alive until the breakdown is taken so they are classified; released before the next phase."""
         self.tracker.reset_peak()
         yield
-        breakdown = self.tracker.breakdown_at_peak(self.categories())
+        breakdown = self.tracker.breakdown_at_peak(held if held is not None else self.categories())
         breakdown["activations_temporaries"] = breakdown.pop("other")
         full = {c: int(breakdown.get(c, 0)) for c in CATEGORIES}
         self.phases.append(PhasePeak(name, int(self.tracker.peak_bytes), full))
@@ -388,8 +390,10 @@ class StepSimulator:
                 with LiveBytesTracker() as tracker:
                     rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model, optimizer), "inputs": [ids]})
                     tracker.track(*_model_parts(model, optimizer).values(), ids)
-                    with rec.phase("zero_grad"):  # the last moment the previous step's grads are live
+                    held = {**_model_parts(model, optimizer), "inputs": [ids]}
+                    with rec.phase("zero_grad", held):  # the last moment the previous step's grads are live
                         optimizer.zero_grad(set_to_none=True)
+                    held.clear()  # the grads are freed here, before the forward phase
                     with rec.phase("forward"):
                         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                     with rec.phase("backward"):
