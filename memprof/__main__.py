@@ -2,4 +2,6 @@ import sys
 
 from memprof.cli import main
 
-sys.exit(main())
+# Guarded: measurement processes (multiprocessing fork server) import the parent's __main__.
+if __name__ == "__main__":
+    sys.exit(main())

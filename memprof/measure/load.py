@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,28 +48,13 @@ def check_device(device: str, settings: tuple[Setting, ...]) -> None:
 
 
 def _run_worker(request: dict, *, timeout_s: float | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="memprof-req-") as tmp:
-        request_path = Path(tmp) / "request.json"
-        result_path = Path(tmp) / "result.json"
-        request_path.write_text(json.dumps(request))
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
-        proc = subprocess.run(
-            [sys.executable, "-m", "memprof.measure.worker", str(request_path), str(result_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=timeout_s,
-        )
-        if result_path.is_file():
-            return json.loads(result_path.read_text())
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            hint = " (the OS killed it: most likely out of host memory)" if sig == "SIGKILL" else ""
-            return {"error": f"worker died with {sig}{hint}"}
-        last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"worker exited with code {proc.returncode}: {last[0]}"}
+    """Run one worker task (memprof.measure.worker) in a fresh process; failures become {"error": ...}."""
+    from memprof.measure.fresh import run_fresh
+
+    finished = run_fresh("memprof.measure.worker:run", request, timeout_s=timeout_s)
+    if finished.result is not None:
+        return finished.result
+    return {"error": f"worker {finished.exit_reason()}"}
 
 
 @contextmanager

@@ -1,10 +1,11 @@
-"""The subprocess side of `memprof profile`: `python -m memprof.measure.profile_worker REQUEST RESULT`.
+"""The child side of `memprof profile`: `run(request, result_path, send)` in a fresh process, or by
+hand `python -m memprof.measure.profile_worker REQUEST RESULT`.
 
-One setting per fresh process: load, forward, training step, and (on a GPU with a budget) an
-offloaded load. After each phase the result so far is written atomically to RESULT, and each
-phase is announced on stdout as `PHASE <name>`, so the parent can show progress and, if this
-process is killed (host OOM, Ctrl-C), still report the phases that finished and the one that did
-not. Out of memory inside a phase is a result: {"error": "out of memory during <phase>"}.
+One setting per fresh process (memprof.measure.fresh): load, forward, training step, and (on a GPU
+with a budget) an offloaded load. After each phase the result so far is written atomically to
+RESULT, and each phase is sent to the parent as a message, so the parent can show progress and,
+if this process is killed (host OOM, Ctrl-C), still report the phases that finished and the one
+that did not. Out of memory inside a phase is a result: {"error": "out of memory during <phase>"}.
 
 The parent side is `run_profile_worker()`, which imports nothing heavy.
 """
@@ -14,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,52 +38,25 @@ def run_profile_worker(
     A process that dies keeps the phases it finished; the error names the exit reason and phase.
     KeyboardInterrupt kills the child and propagates.
     """
+    from memprof.measure.fresh import run_fresh
+
     say = on_phase or (lambda _phase: None)
-    with tempfile.TemporaryDirectory(prefix="memprof-profile-") as tmp:
-        request_path, result_path, stderr_path = (
-            Path(tmp) / "request.json",
-            Path(tmp) / "result.json",
-            Path(tmp) / "err",
-        )
-        request_path.write_text(json.dumps(request))
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
-        phase = "start"
-        started = time.monotonic()
-        with stderr_path.open("w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "memprof.measure.profile_worker", str(request_path), str(result_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                env=env,
-            )
-            try:
-                for line in proc.stdout:
-                    if line.startswith("PHASE "):
-                        phase = line.split(None, 1)[1].strip()
-                        say(phase)
-                    if timeout_s is not None and time.monotonic() - started > timeout_s:
-                        proc.kill()
-                proc.wait()
-            except BaseException:  # KeyboardInterrupt: never leave a child holding the GPU
-                proc.kill()
-                proc.wait()
-                raise
-        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-        if proc.returncode == 0 and result.get("done"):
-            return result
-        if result.get("error"):
-            return result
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            hint = " (the OS killed it: most likely out of host memory)" if sig == "SIGKILL" else ""
-            result["error"] = f"worker died with {sig} during {phase}{hint}"
-        else:
-            lines = stderr_path.read_text().strip().splitlines()[-1:] or ["no output"]
-            result["error"] = f"worker exited with code {proc.returncode} during {phase}: {lines[0]}"
-        result["failed_phase"] = phase
+    phase = "start"
+
+    def on_message(message) -> None:
+        nonlocal phase
+        phase = message
+        say(message)
+
+    finished = run_fresh("memprof.measure.profile_worker:run", request, on_message=on_message, timeout_s=timeout_s)
+    result = finished.result or {}
+    if finished.exitcode == 0 and result.get("done"):
         return result
+    if result.get("error"):
+        return result
+    result["error"] = f"worker {finished.exit_reason()} during {phase}"
+    result["failed_phase"] = phase
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,9 +70,10 @@ def _rss_peak_bytes() -> int:
 class _Out:
     """The result so far, rewritten atomically after every phase."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, send: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.data: dict = {}
+        self.send = send or (lambda phase: print(f"PHASE {phase}", flush=True))
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -111,7 +83,7 @@ class _Out:
 
 def _announce(out: _Out, phase: str) -> None:
     out.data["phase"] = phase
-    print(f"PHASE {phase}", flush=True)
+    out.send(phase)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -164,27 +136,9 @@ def _storage_bytes(tensors) -> int:
 
 
 def _model_parts(model, optimizer=None) -> dict[str, list]:
-    """The model's tensors by kind: frozen weights, quant state, trainable params, grads, optimizer states."""
-    from memprof.measure.tensors import held_tensors
+    from memprof.step import model_parts
 
-    params = list(model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    trainable_ids = {id(p) for p in trainable}
-    weight_ids = {id(p) for p in params} | {id(b) for b in model.buffers()}
-    frozen = [p for p in params if id(p) not in trainable_ids] + list(model.buffers())
-    quant_state = [t for t in held_tensors(model) if id(t) not in weight_ids]
-    grads = [p.grad for p in trainable if p.grad is not None]
-    states = []
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            states += [v for v in state.values() if hasattr(v, "untyped_storage")]  # step counters too
-    return {
-        "weights": frozen,
-        "quant_state": quant_state,
-        "trainable_params": trainable,
-        "grads": grads,
-        "optimizer_states": states,
-    }
+    return model_parts(model, optimizer)
 
 
 def _gpu_peaks(sampler) -> dict:
@@ -341,8 +295,8 @@ def _tracked_once(fn, model, ids, optimizer=None, *, categories=False) -> dict:
 
     gc.collect()
     with LiveBytesTracker() as tracker:
-        parts = _model_parts(model, optimizer)
-        tracker.track(*parts.values(), ids)
+        tracker.track(*_model_parts(model, optimizer).values(), ids)
+        # no reference kept: the previous step's grads must be freed when zero_grad drops them
         start = time.perf_counter()
         fn()
         tracked_ms = (time.perf_counter() - start) * 1000
@@ -373,52 +327,46 @@ def _sampler_overhead(fn, median_ms: float, repeats: int, sampler) -> float | No
 
 
 def _train(request: dict, setting, model, ids, sampler) -> dict:
-    import torch
 
     from memprof.measure.timing import time_calls
+    from memprof.step import (
+        GRAD_CHECKPOINTING_KWARGS,
+        apply_lora,
+        enable_grad_checkpointing,
+        make_full_trainable,
+        make_optimizer,
+        train_step,
+    )
 
     device = request["device"]
     cuda = device == "cuda"
     mode = request["train"]
     gc_on = request.get("grad_checkpointing", False)
-    gc_kwargs = {"use_reentrant": False}
     notes = []
     if mode == "lora":
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training
 
         if setting.quantized:
             # QLoRA recipe: non-quantized params to fp32, input grads on, optional checkpointing
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=gc_kwargs
+                model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=GRAD_CHECKPOINTING_KWARGS
             )
             notes.append("prepare_model_for_kbit_training: unquantized params cast to float32")
         elif gc_on:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-            model.enable_input_require_grads()
-        lora = LoraConfig(
-            r=request["lora_r"],
-            lora_alpha=request["lora_alpha"],
-            target_modules=request.get("target") or None,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
+            enable_grad_checkpointing(model, input_grads=True)
+        model = apply_lora(
+            model, r=request["lora_r"], alpha=request["lora_alpha"], target_modules=request.get("target")
         )
-        model = get_peft_model(model, lora)
         targets = sorted(model.peft_config["default"].target_modules)
         notes.append(f"LoRA r={request['lora_r']} alpha={request['lora_alpha']} on {', '.join(targets)}")
     else:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        if gc_on:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        make_full_trainable(model, grad_checkpointing=gc_on)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = make_optimizer(trainable)
 
     def step():
-        optimizer.zero_grad(set_to_none=True)  # first, so the grads stay live after a step for the breakdown
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, ids)
 
     batch, seq, repeats, warmup = request["batch"], request["seq"], request["repeats"], request["warmup"]
     if cuda:
@@ -505,10 +453,9 @@ def _offload(request: dict, setting, load, ids, forward_ms: float, sampler) -> d
     return result
 
 
-def main(argv: list[str]) -> int:
-    request_path, result_path = Path(argv[0]), Path(argv[1])
-    request = json.loads(request_path.read_text())
-    out = _Out(result_path)
+def run(request: dict, result_path: str, send: Callable[[str], None] | None = None) -> None:
+    """Entry point in a fresh process (memprof.measure.fresh): profile one setting, phase by phase."""
+    out = _Out(Path(result_path), send)
     try:
         profile_setting(request, out)
     except Exception as exc:  # every failure becomes a result the parent can show in one line
@@ -519,6 +466,11 @@ def main(argv: list[str]) -> int:
         out.data["failed_phase"] = phase
         out.data["done"] = True
         out.save()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m memprof.measure.profile_worker REQUEST RESULT`: the same, by hand, for debugging."""
+    run(json.loads(Path(argv[0]).read_text()), argv[1])
     return 0
 
 

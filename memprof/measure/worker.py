@@ -1,4 +1,5 @@
-"""The subprocess side of a measurement: `python -m memprof.measure.worker REQUEST.json RESULT.json`.
+"""The child side of a footprint measurement: `run(request, result_path)` in a fresh process
+(memprof.measure.fresh), or by hand `python -m memprof.measure.worker REQUEST.json RESULT.json`.
 
 Each load runs in a fresh process so no setting's memory (or allocator cache) leaks into the next.
 The result is written atomically as JSON; an exception becomes {"error": "..."} with the kind of
@@ -94,9 +95,9 @@ def load(request: dict) -> dict:
 TASKS = {"materialize": materialize, "load": load}
 
 
-def main(argv: list[str]) -> int:
-    request_path, result_path = Path(argv[0]), Path(argv[1])
-    request = json.loads(request_path.read_text())
+def run(request: dict, result_path: str, send=None) -> None:
+    """Entry point in a fresh process (memprof.measure.fresh): do the task, write the result atomically."""
+    result_path = Path(result_path)
     try:
         result = TASKS[request["task"]](request)
     except Exception as exc:  # every failure becomes a result the parent can show in one line
@@ -106,6 +107,11 @@ def main(argv: list[str]) -> int:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(result_path)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m memprof.measure.worker REQUEST.json RESULT.json`: the same, by hand, for debugging."""
+    run(json.loads(Path(argv[0]).read_text()), argv[1])
     return 0
 
 
