@@ -322,6 +322,23 @@ def _ordered_targets(tokens: Sequence[str] | None, adapted_paths: Sequence[str])
     return tuple(sorted(tokens, key=first))
 
 
+def peft_target_modules(inventory: Inventory, target: str | Sequence[str] | None, *, model: str):
+    """The `LoraConfig(target_modules=...)` value for a --target option, checked against the model.
+
+    Names (suffix-matched like peft), `attention` / `mlp` (expanded to names), `all-linear`, or
+    nothing for peft's own default; returns a list of names, "all-linear", or None. The profiler and
+    the planner use this, so every command accepts the same --target as lora-params.
+    """
+    names = _names(target)
+    linears = [path for path, _, _ in _inventory_linears(inventory)]
+    if not names:
+        if inventory.model_type in PEFT_DEFAULT_TARGETS and PEFT_DEFAULT_TARGETS[inventory.model_type] is None:
+            raise _no_default_targets(inventory.model_type, model, linears)
+        return None
+    tokens = _expand_target(names, linears, _inventory_module_keys(inventory), model)
+    return "all-linear" if tokens is None else list(tokens)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fast path: the shipped inventory, no torch
 

@@ -26,10 +26,12 @@ from dataclasses import dataclass, replace
 from memprof import catalog
 from memprof.errors import PlanOptionError
 from memprof.inventory import Inventory, inventory_for
+from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import resolve_model
 from memprof.predict import predict_setting, tensor_bytes
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
 from memprof.simulate import OPTIMIZERS, TASKS, PhasePeak, Simulation, StepSpec, simulate_model
+from memprof.step import DEFAULT_LORA_R, default_alpha
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 MAX_SWEEP_BATCH = 1 << 20
@@ -84,7 +86,7 @@ class PlanReport:
     new_tokens: int
     optimizer: str
     lora_r: int | None
-    lora_alpha: int | None
+    lora_alpha: float | None
     grad_checkpointing: bool
     num_gpus: int
     shard: str
@@ -256,9 +258,9 @@ def plan(
     seq: int = 512,
     new_tokens: int = 0,
     optimizer: str = "adamw",
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    target: tuple[str, ...] | None = None,
+    lora_r: int = DEFAULT_LORA_R,
+    lora_alpha: float | None = None,
+    target: str | tuple[str, ...] | None = None,
     grad_checkpointing: bool = False,
     gpus: tuple[str, ...] | None = None,
     gpu_file=None,
@@ -287,13 +289,18 @@ def plan(
     resolved = resolve_model(model, allow_download=allow_download)
     inventory = inventory_for(resolved, trust_remote_code=trust_remote_code)
     sim_task = "lora" if task == "qlora" else task
+    lora_r = parse_rank(lora_r)
+    lora_alpha = default_alpha(lora_r, parse_alpha(lora_alpha))
+    lora_target = None
+    if sim_task == "lora":  # the same --target as lora-params: names, attention, mlp, all-linear
+        lora_target = peft_target_modules(inventory, target, model=resolved.name)
     spec = StepSpec(
         task=sim_task,
         setting=chosen_setting.name,
         optimizer=optimizer,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
-        target=tuple(target) if target else None,
+        target=tuple(lora_target) if isinstance(lora_target, list) else lora_target,
         grad_checkpointing=grad_checkpointing,
         new_tokens=new_tokens if task == "infer" else 0,
         foreach=device != "cpu" and optimizer == "adamw",

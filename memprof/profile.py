@@ -22,8 +22,11 @@ from pathlib import Path
 
 from memprof import catalog
 from memprof.errors import ProfileOptionError, ResultFileError
+from memprof.inventory import inventory_for
+from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
 from memprof.settings import Setting, parse_settings
+from memprof.step import DEFAULT_LORA_R, default_alpha
 
 TRAIN_MODES = ("lora", "full", "none")
 RESULT_KIND = "memprof.profile"
@@ -121,7 +124,7 @@ class ProfileReport:
     weights: str = ""
     lora_r: int | None = None
     lora_alpha: int | None = None
-    target: tuple[str, ...] | None = None
+    target: tuple[str, ...] | str | None = None  # LoRA target_modules as resolved: names, "all-linear", None
     grad_checkpointing: bool = False
     max_gpu_memory_bytes: int | None = None
     interrupted: bool = False
@@ -140,7 +143,7 @@ class ProfileReport:
         values = _known(cls, data)
         values["settings"] = tuple(_setting_from_json(s) for s in data.get("settings", ()))
         values["notes"] = tuple(values.get("notes", ()))
-        if values.get("target") is not None:
+        if isinstance(values.get("target"), list):
             values["target"] = tuple(values["target"])
         return cls(**values)
 
@@ -363,9 +366,9 @@ def profile(
     repeats: int = 10,
     warmup: int = 2,
     train: str = "lora",
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    target: tuple[str, ...] | None = None,
+    lora_r: int = DEFAULT_LORA_R,
+    lora_alpha: float | None = None,
+    target: str | tuple[str, ...] | None = None,
     grad_checkpointing: bool = False,
     max_gpu_memory: int | str | None = None,
     threads: int | None = None,
@@ -394,6 +397,11 @@ def profile(
     budget = parse_bytes(max_gpu_memory) if isinstance(max_gpu_memory, str) else max_gpu_memory
     check_device(device, chosen)
     say = on_progress or (lambda _setting, _phase: None)
+    lora_r = parse_rank(lora_r)
+    lora_alpha = default_alpha(lora_r, parse_alpha(lora_alpha))
+    lora_target = None
+    if train == "lora":  # the same --target as lora-params: names, attention, mlp, all-linear
+        lora_target = peft_target_modules(inventory_for(resolved), target, model=resolved.name)
 
     env = environment(device, command=command)
     notes = [_timing_note(device)]
@@ -414,7 +422,7 @@ def profile(
         train=train,
         lora_r=lora_r if train == "lora" else None,
         lora_alpha=lora_alpha if train == "lora" else None,
-        target=tuple(target) if target else None,
+        target=tuple(lora_target) if isinstance(lora_target, list) else lora_target,
         grad_checkpointing=grad_checkpointing,
         max_gpu_memory_bytes=budget,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -445,7 +453,7 @@ def profile(
                     "train": train,
                     "lora_r": lora_r,
                     "lora_alpha": lora_alpha,
-                    "target": list(target) if target else None,
+                    "target": lora_target,
                     "grad_checkpointing": grad_checkpointing,
                     "max_gpu_memory_bytes": budget if device == "cuda" else None,
                     "threads": threads,

@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 
 from memprof.inventory import cache_dir, config_key, write_json_atomic
+from memprof.step import apply_lora, enable_grad_checkpointing, make_full_trainable, train_step
+from memprof.step import make_optimizer as step_optimizer
 
 SIM_FORMAT = 2
 TASKS = ("infer", "lora", "qlora", "full")
@@ -69,9 +71,11 @@ class StepSpec:
     task: str
     setting: str = "bf16"
     optimizer: str = "adamw"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    target: tuple[str, ...] | None = None
+    lora_r: int = 8
+    lora_alpha: float = 16
+    # LoraConfig target_modules as memprof.lora.peft_target_modules resolves it: names, "all-linear",
+    # or None for peft's default
+    target: tuple[str, ...] | str | None = None
     grad_checkpointing: bool = False
     new_tokens: int = 0
     foreach: bool = False  # AdamW foreach (the CUDA default); False is the CPU default
@@ -228,55 +232,28 @@ def prepare_step_model(model, spec: StepSpec):
             module.__class__ = standin
             quantized_weights.add(id(module.weight))
             standin_bytes += module.weight.numel() * module.weight.element_size()
-    gc_kwargs = {"use_reentrant": False}
     if spec.task in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-
         if setting.quantized:
-            # prepare_model_for_kbit_training: freeze, cast every unquantized bf16/fp16 param to fp32
+            # prepare_model_for_kbit_training on the stand-ins: freeze, cast every unquantized
+            # bf16/fp16 param to fp32 (the real function would also cast the stand-ins' weights)
             for p in model.parameters():
                 p.requires_grad_(False)
                 if id(p) not in quantized_weights and p.dtype in (torch.float16, torch.bfloat16):
                     p.data = p.data.to(torch.float32)
             if spec.grad_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+                enable_grad_checkpointing(model, input_grads=False)
         elif spec.grad_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-            model.enable_input_require_grads()
-        lora = LoraConfig(
-            r=spec.lora_r,
-            lora_alpha=spec.lora_alpha,
-            target_modules=list(spec.target) if spec.target else None,
-            lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+            enable_grad_checkpointing(model, input_grads=True)
+        target = list(spec.target) if isinstance(spec.target, tuple) else spec.target
+        model = apply_lora(model, r=spec.lora_r, alpha=spec.lora_alpha, target_modules=target)
     elif spec.task == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        if spec.grad_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        make_full_trainable(model, grad_checkpointing=spec.grad_checkpointing)
     return model, standin_bytes
 
 
 def make_optimizer(params, spec: StepSpec):
-    """The optimizer of the step: torch AdamW (the profiler's), or bitsandbytes' 8-bit / paged 8-bit AdamW."""
-    import torch
-
-    if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=1e-5, foreach=True if spec.foreach else None)
-    import bitsandbytes as bnb
-
-    cls = bnb.optim.AdamW8bit if spec.optimizer == "adamw8bit" else bnb.optim.PagedAdamW8bit
-    return cls(params, lr=1e-5)
-
-
-def train_step(model, optimizer, ids):
-    """The profiler's training step (profile_worker._train's `step`)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-    loss.backward()
-    optimizer.step()
+    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach as on a GPU when asked."""
+    return step_optimizer(params, spec.optimizer, foreach=True if spec.foreach else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +261,9 @@ def train_step(model, optimizer, ids):
 
 
 def _model_parts(model, optimizer=None) -> dict[str, list]:
-    from memprof.measure.profile_worker import _model_parts as profiler_parts
+    from memprof.step import model_parts
 
-    return profiler_parts(model, optimizer)
+    return model_parts(model, optimizer)
 
 
 class _PhaseRecorder:

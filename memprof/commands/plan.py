@@ -14,6 +14,7 @@ from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
+from memprof.step import DEFAULT_LORA_R
 
 
 def _gpu_list(text: str) -> tuple[str, ...]:
@@ -36,9 +37,13 @@ class PlanCommand:
             "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache)"
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
-        parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-        parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
-        parser.add_argument("--target", type=_gpu_list, help="comma list of LoRA target modules (default: peft's)")
+        parser.add_argument("--lora-r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})")
+        parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)")
+        parser.add_argument(
+            "--target",
+            metavar="LIST",
+            help="LoRA targets as in lora-params: module names, attention, mlp, all-linear (default: peft's)",
+        )
         parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help="JSON of GPUs/prices to add or override")

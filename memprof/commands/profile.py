@@ -21,6 +21,7 @@ from memprof.commands._common import add_model_args, emit
 from memprof.errors import ProfileOptionError
 from memprof.report import FORMATS
 from memprof.settings import SETTINGS
+from memprof.step import DEFAULT_LORA_R
 
 
 class ProfileCommand:
@@ -45,10 +46,12 @@ class ProfileCommand:
             default="lora",
             help="training step: lora (QLoRA on 4-bit), full, none",
         )
-        parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-        parser.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default 32)")
+        parser.add_argument("--lora-r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})")
+        parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)")
         parser.add_argument(
-            "--target", metavar="LIST", help="comma list of LoRA target modules (default: peft's for the architecture)"
+            "--target",
+            metavar="LIST",
+            help="LoRA targets as in lora-params: module names, attention, mlp, all-linear (default: peft's)",
         )
         parser.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the step")
         budget = parser.add_mutually_exclusive_group()
@@ -105,7 +108,7 @@ class ProfileCommand:
                     train=args.train,
                     lora_r=args.lora_r,
                     lora_alpha=args.lora_alpha,
-                    target=tuple(t.strip() for t in args.target.split(",") if t.strip()) if args.target else None,
+                    target=args.target,
                     grad_checkpointing=args.grad_checkpointing,
                     max_gpu_memory=budget,
                     threads=args.threads,

@@ -1,0 +1,88 @@
+"""The training step memprof measures (profile) and simulates (plan): one definition for both.
+
+LoRA defaults follow `memprof lora-params`: r=8, alpha=2*r, dropout 0, and target names resolved
+and validated by memprof.lora (names, `attention`, `mlp`, `all-linear`, or peft's default).
+Everything here imports torch/peft lazily, inside the functions.
+"""
+
+from __future__ import annotations
+
+DEFAULT_LORA_R = 8
+GRAD_CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
+
+def default_alpha(r: int, alpha: float | None) -> float:
+    return 2 * r if alpha is None else alpha
+
+
+def apply_lora(model, *, r: int, alpha: float, target_modules):
+    """Wrap `model` with peft LoRA. `target_modules`: list of names, "all-linear", or None (peft's default)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=target_modules,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def enable_grad_checkpointing(model, *, input_grads: bool) -> None:
+    """Non-reentrant checkpointing; `input_grads` makes embeddings' outputs require grad so frozen
+    bases (LoRA) still backpropagate through checkpointed blocks."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=GRAD_CHECKPOINTING_KWARGS)
+    if input_grads:
+        model.enable_input_require_grads()
+
+
+def make_full_trainable(model, *, grad_checkpointing: bool) -> None:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if grad_checkpointing:
+        enable_grad_checkpointing(model, input_grads=False)
+
+
+def make_optimizer(params, name: str = "adamw", *, foreach: bool | None = None):
+    """torch AdamW (what profile runs), or bitsandbytes' 8-bit / paged 8-bit AdamW."""
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-5, foreach=foreach)
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.AdamW8bit if name == "adamw8bit" else bnb.optim.PagedAdamW8bit
+    return cls(params, lr=1e-5)
+
+
+def train_step(model, optimizer, ids) -> None:
+    """zero_grad first, so after a step the grads stay live for the breakdown."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    optimizer.step()
+
+
+def model_parts(model, optimizer=None) -> dict[str, list]:
+    """The model's tensors by kind: frozen weights, quant state, trainable params, grads, optimizer states."""
+    from memprof.measure.tensors import held_tensors
+
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    trainable_ids = {id(p) for p in trainable}
+    weight_ids = {id(p) for p in params} | {id(b) for b in model.buffers()}
+    frozen = [p for p in params if id(p) not in trainable_ids] + list(model.buffers())
+    quant_state = [t for t in held_tensors(model) if id(t) not in weight_ids]
+    grads = [p.grad for p in trainable if p.grad is not None]
+    states = []
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            states += [v for v in state.values() if hasattr(v, "untyped_storage")]  # step counters too
+    return {
+        "weights": frozen,
+        "quant_state": quant_state,
+        "trainable_params": trainable,
+        "grads": grads,
+        "optimizer_states": states,
+    }
