@@ -12,6 +12,8 @@ from memprof.models import ResolvedModel, resolve_model
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.settings import SETTINGS, Setting, parse_settings
 
+FOOTPRINT_KIND = "memprof.footprint"
+
 # The memory sizes users shop by; the smallest card of each is the conservative pick.
 FOOTPRINT_GPU_TIERS_GB = (16, 24, 40, 48, 80, 141)
 
@@ -47,7 +49,7 @@ class FootprintReport:
     device: str | None = None  # set when measured
     weights: str | None = None  # where measured weights came from
     notes: tuple[str, ...] = ()
-    kind: str = "footprint"  # tells saved JSON files of different commands apart
+    kind: str = FOOTPRINT_KIND  # tells saved JSON files of different commands apart
 
     @classmethod
     def from_json(cls, data: dict) -> FootprintReport:

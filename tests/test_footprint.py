@@ -12,6 +12,7 @@ from conftest import tiny_config
 from memprof import footprint
 from memprof.cli import main
 from memprof.errors import DeviceError, SettingError
+from memprof.report.footprint import render_footprint_md
 from memprof.settings import parse_settings
 
 
@@ -194,3 +195,20 @@ def test_saved_json_rebuilds_the_same_report(tiny_model_dir):
     assert FootprintReport.from_json(json.loads(render_json(report))) == report
     catalog_report = footprint("gpt2")
     assert FootprintReport.from_json(json.loads(render_json(catalog_report))) == catalog_report
+
+
+def test_memprof_report_re_renders_a_saved_footprint(tmp_path, capsys):
+    saved = tmp_path / "fp.json"
+    assert main(["footprint", "llama-3.2-1b", "--json", "--out", str(saved)]) == 0
+    assert json.loads(saved.read_text())["kind"] == "memprof.footprint"
+    capsys.readouterr()
+    assert main(["report", str(saved), "--format", "md"]) == 0
+    assert capsys.readouterr().out == render_footprint_md(footprint("llama-3.2-1b"))
+
+
+def test_memprof_report_on_a_broken_footprint_file_is_one_line(tmp_path):
+    broken = tmp_path / "fp.json"
+    broken.write_text('{"kind": "memprof.footprint"}')
+    proc = run_cli("report", str(broken))
+    assert proc.returncode == 2 and "not a valid memprof footprint result" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
