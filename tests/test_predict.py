@@ -7,20 +7,14 @@ from conftest import ARCH_MODELS, tiny_config
 
 from memprof.inventory import build_inventory
 from memprof.predict import predict_setting, tensor_bytes
-from memprof.settings import SETTINGS, Setting, bnb_config
+from memprof.settings import SETTINGS, Setting
 
 
 def _load(path, setting: Setting):
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The same from_pretrained call that `footprint --measure` makes, in this process."""
+    from memprof.measure.worker import load_pretrained
 
-    return AutoModelForCausalLM.from_pretrained(
-        path,
-        dtype=getattr(torch, setting.dtype),
-        quantization_config=bnb_config(setting),
-        device_map="cpu",
-        use_safetensors=True,
-    )
+    return load_pretrained(str(path), setting, device_map="cpu")
 
 
 @pytest.mark.parametrize("setting_name", list(SETTINGS))

@@ -33,6 +33,29 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_settings_arg(parser: argparse.ArgumentParser) -> None:
+    from memprof.settings import DEFAULT_SETTINGS, SETTINGS
+
+    parser.add_argument(
+        "--settings",
+        metavar="LIST",
+        help=f"comma list of {', '.join(SETTINGS)} (default: {','.join(DEFAULT_SETTINGS)})",
+    )
+
+
+def add_lora_step_args(parser: argparse.ArgumentParser) -> None:
+    """LoRA options of the training step, with the meaning and defaults of `memprof lora-params`."""
+    from memprof.step import DEFAULT_LORA_R
+
+    parser.add_argument("--lora-r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})")
+    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)")
+    parser.add_argument(
+        "--target",
+        metavar="LIST",
+        help="LoRA targets as in lora-params: module names, attention, mlp, all-linear (default: peft's)",
+    )
+
+
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (same as --format json)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")

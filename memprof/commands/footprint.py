@@ -11,10 +11,9 @@ import sys
 
 from rich.console import Console
 
-from memprof.commands._common import add_model_args, add_output_args, emit
+from memprof.commands._common import add_model_args, add_output_args, add_settings_arg, emit
 from memprof.footprint import footprint
 from memprof.report.footprint import footprint_renderables, render_footprint_html, render_footprint_md
-from memprof.settings import SETTINGS
 
 
 class FootprintCommand:
@@ -23,11 +22,7 @@ class FootprintCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
-        parser.add_argument(
-            "--settings",
-            metavar="LIST",
-            help=f"comma list of {', '.join(SETTINGS)} (default: fp32,bf16,int8,nf4,nf4-dq)",
-        )
+        add_settings_arg(parser)
         parser.add_argument(
             "--dtype", metavar="DTYPE", help="dtype of what stays unquantized in int8/4-bit settings (default bf16)"
         )

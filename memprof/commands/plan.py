@@ -9,12 +9,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.commands._common import add_model_args, add_output_args, emit
+from memprof.commands._common import add_lora_step_args, add_model_args, add_output_args, emit
 from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
-from memprof.step import DEFAULT_LORA_R
 
 
 def _gpu_list(text: str) -> tuple[str, ...]:
@@ -37,13 +36,7 @@ class PlanCommand:
             "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache)"
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
-        parser.add_argument("--lora-r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})")
-        parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)")
-        parser.add_argument(
-            "--target",
-            metavar="LIST",
-            help="LoRA targets as in lora-params: module names, attention, mlp, all-linear (default: peft's)",
-        )
+        add_lora_step_args(parser)
         parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help="JSON of GPUs/prices to add or override")

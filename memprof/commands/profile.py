@@ -17,11 +17,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from memprof.commands._common import add_model_args, emit
+from memprof.commands._common import add_lora_step_args, add_model_args, add_settings_arg, emit
 from memprof.errors import ProfileOptionError
 from memprof.report import FORMATS
-from memprof.settings import SETTINGS
-from memprof.step import DEFAULT_LORA_R
 
 
 class ProfileCommand:
@@ -30,11 +28,7 @@ class ProfileCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
-        parser.add_argument(
-            "--settings",
-            metavar="LIST",
-            help=f"comma list of {', '.join(SETTINGS)} (default: fp32,bf16,int8,nf4,nf4-dq)",
-        )
+        add_settings_arg(parser)
         parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default cpu)")
         parser.add_argument("--batch", type=int, default=1, help="sequences per forward/step (default 1)")
         parser.add_argument("--seq", type=int, default=512, help="tokens per sequence (default 512)")
@@ -46,13 +40,7 @@ class ProfileCommand:
             default="lora",
             help="training step: lora (QLoRA on 4-bit), full, none",
         )
-        parser.add_argument("--lora-r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})")
-        parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)")
-        parser.add_argument(
-            "--target",
-            metavar="LIST",
-            help="LoRA targets as in lora-params: module names, attention, mlp, all-linear (default: peft's)",
-        )
+        add_lora_step_args(parser)
         parser.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the step")
         budget = parser.add_mutually_exclusive_group()
         budget.add_argument("--max-gpu-memory", metavar="SIZE", help="GPU budget for the offload plan, e.g. 15GiB")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -64,7 +63,9 @@ def run_profile_worker(
 
 
 def _rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    from memprof.measure.worker import rss_peak_bytes
+
+    return rss_peak_bytes()
 
 
 class _Out:
@@ -162,13 +163,13 @@ def _reset_gpu_peaks(sampler) -> None:
 
 def profile_setting(request: dict, out: _Out) -> None:
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from memprof.measure.nvml import NvmlPeakSampler
     from memprof.measure.tensors import true_bytes
     from memprof.measure.timing import time_calls
     from memprof.measure.tracker import LiveBytesTracker
+    from memprof.measure.worker import load_pretrained
     from memprof.settings import Setting, bnb_config
 
     hf_logging.set_verbosity_error()
@@ -198,13 +199,12 @@ def profile_setting(request: dict, out: _Out) -> None:
             rss_before = _rss_peak_bytes()
 
             def load(device_map, qconfig=quantization_config, **kwargs):
-                return AutoModelForCausalLM.from_pretrained(
+                return load_pretrained(
                     request["weights_dir"],
-                    dtype=getattr(torch, setting.dtype),
-                    quantization_config=qconfig,
+                    setting,
                     device_map=device_map,
-                    use_safetensors=True,
                     trust_remote_code=request.get("trust_remote_code", False),
+                    quantization_config=qconfig,
                     **kwargs,
                 )
 

@@ -16,8 +16,28 @@ import traceback
 from pathlib import Path
 
 
-def _rss_peak_bytes() -> int:
+def rss_peak_bytes() -> int:
+    """This process's peak resident set size so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def load_pretrained(weights_dir: str, setting, *, device_map, trust_remote_code: bool = False, **kwargs):
+    """The one `from_pretrained` call memprof measures: safetensors only, the setting's dtype and
+    BitsAndBytesConfig (`quantization_config=` in kwargs overrides it, e.g. for offload)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from memprof.settings import bnb_config
+
+    kwargs.setdefault("quantization_config", bnb_config(setting))
+    return AutoModelForCausalLM.from_pretrained(
+        weights_dir,
+        dtype=getattr(torch, setting.dtype),
+        device_map=device_map,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        **kwargs,
+    )
 
 
 def materialize(request: dict) -> dict:
@@ -40,7 +60,6 @@ def materialize(request: dict) -> dict:
 
 def load(request: dict) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from memprof.measure.tensors import true_bytes
@@ -58,15 +77,14 @@ def load(request: dict) -> dict:
         torch.cuda.init()
         torch.cuda.reset_peak_memory_stats()
         baseline_allocated = torch.cuda.memory_allocated()
-    rss_baseline = _rss_peak_bytes()
+    rss_baseline = rss_peak_bytes()
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
+    model = load_pretrained(
         request["weights_dir"],
-        dtype=getattr(torch, setting.dtype),
-        quantization_config=quantization_config,
+        setting,
         device_map=device,
-        use_safetensors=True,
         trust_remote_code=request.get("trust_remote_code", False),
+        quantization_config=quantization_config,
     )
     if cuda:
         torch.cuda.synchronize()
@@ -75,7 +93,7 @@ def load(request: dict) -> dict:
         "footprint_bytes": int(model.get_memory_footprint()),
         "true_bytes": int(true_bytes(model)),
         "load_s": load_s,
-        "peak_rss_bytes": _rss_peak_bytes(),
+        "peak_rss_bytes": rss_peak_bytes(),
         "rss_baseline_bytes": rss_baseline,
     }
     if cuda:
