@@ -4,6 +4,7 @@ one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.console import Console
@@ -29,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_console() -> Console:
-    """stdout console; when piped, wide enough that tables do not wrap."""
+    """stdout console; when piped, COLUMNS wide if set, else wide enough that tables do not wrap."""
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
         console = Console(width=130)
     return console
 

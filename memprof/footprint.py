@@ -10,6 +10,7 @@ from memprof.inventory import Inventory, installed_transformers_version, invento
 from memprof.measure.load import MeasuredLoad
 from memprof.models import ResolvedModel, resolve_model
 from memprof.predict import SettingPrediction, predict_setting
+from memprof.report.units import human_bytes
 from memprof.settings import SETTINGS, Setting, parse_settings
 
 FOOTPRINT_KIND = "memprof.footprint"
@@ -31,7 +32,7 @@ class SettingFootprint:
     unquantized_bytes: int
     unquantized_share: float  # of true_bytes
     ratio_to_fp32: float  # true_bytes / true_bytes at fp32
-    fits_gpus: tuple[str, ...]  # cards whose total memory holds true_bytes: weights alone, no context
+    fits_gpus: tuple[str, ...]  # cards whose memory less the CUDA context holds true_bytes: weights alone
     measured: MeasuredLoad | None = None
     mismatches: tuple[str, ...] = ()  # predicted fields that differ from the measurement
 
@@ -99,7 +100,7 @@ def _setting_footprint(
         unquantized_bytes=prediction.unquantized_bytes,
         unquantized_share=prediction.unquantized_bytes / prediction.true_bytes if prediction.true_bytes else 0.0,
         ratio_to_fp32=prediction.true_bytes / fp32_true_bytes if fp32_true_bytes else 0.0,
-        fits_gpus=tuple(g.name for g in tiers if g.memory_bytes >= prediction.true_bytes),
+        fits_gpus=tuple(g.name for g in tiers if g.usable_bytes >= prediction.true_bytes),
     )
 
 
@@ -122,8 +123,8 @@ def _accelerate_comparison(inventory: Inventory) -> str:
     exact = {s.name: predict_setting(inventory, s) for s in (SETTINGS["fp32"], SETTINGS["nf4"])}
     return (
         f"accelerate estimate-memory's method (model without LM head; int8 = fp32/4, int4 = fp32/8) gives "
-        f"{base_fp32 / 2**30:.2f} GiB fp32 and {base_fp32 / 8 / 2**30:.2f} GiB int4 here; the real load holds "
-        f"{exact['fp32'].true_bytes / 2**30:.2f} GiB fp32 and {exact['nf4'].true_bytes / 2**30:.2f} GiB nf4."
+        f"{human_bytes(base_fp32)} fp32 and {human_bytes(base_fp32 // 8)} int4 here; the real load holds "
+        f"{human_bytes(exact['fp32'].true_bytes)} fp32 and {human_bytes(exact['nf4'].true_bytes)} nf4."
     )
 
 
@@ -142,9 +143,12 @@ def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, 
             "(--dtype changes that)."
         )
     notes.append(_accelerate_comparison(inventory))
+    context = {g.context_bytes for g in gpu_tiers()}
+    context_text = human_bytes(context.pop()) if len(context) == 1 else "a per-card amount"
     notes.append(
-        "GPU fit counts the weights alone against the card's total memory: no CUDA context, "
-        "activations or KV cache (see `memprof plan`)."
+        f"Smallest GPU: the smallest of {', '.join(g.name for g in gpu_tiers())} whose memory, less the CUDA "
+        f"context ({context_text}, an estimate until measured; `memprof gpus`), holds the weights alone: no "
+        "activations, KV cache or optimizer (see `memprof plan`)."
     )
     installed = installed_transformers_version()
     if inventory.transformers_version != installed:

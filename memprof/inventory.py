@@ -215,23 +215,33 @@ def build_meta_model(config: dict, *, dtype: str = "float32", trust_remote_code:
     model_type = values.pop("model_type")
     for key in _VOLATILE_CONFIG_KEYS:
         values.pop(key, None)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(
+            f"transformers {installed_transformers_version()} does not know model_type {model_type!r}; "
+            "check config.json's model_type (e.g. llama, mistral, qwen2, gemma2, phi3, bloom, gpt2)"
+        )
     try:
         hf_config = AutoConfig.for_model(model_type, **values)
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(
-            f"transformers {installed_transformers_version()} does not know model_type {model_type!r}: {exc}"
-        ) from None
-    except TypeError as exc:
-        raise ConfigError(f"config for model_type {model_type!r} is malformed: {exc}") from None
+    except Exception as exc:  # transformers validates with several exception types; all mean a bad config
+        raise ConfigError(f"config for model_type {model_type!r} is malformed: {_short(exc)}") from None
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(
                 hf_config, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
             )
     except ValueError as exc:
-        raise ConfigError(f"cannot build a causal LM for model_type {model_type!r}: {exc}") from None
+        raise ConfigError(f"cannot build a causal LM for model_type {model_type!r}: {_short(exc)}") from None
     except (TypeError, AttributeError, RuntimeError) as exc:
-        raise ConfigError(f"config for model_type {model_type!r} does not build a model: {exc}") from None
+        raise ConfigError(f"config for model_type {model_type!r} does not build a model: {_short(exc)}") from None
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """First line of an exception's message (its cause's, if wrapped), cut to `limit` characters."""
+    exc = exc.__cause__ or exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def quantizable_linears(model) -> dict[str, int]:

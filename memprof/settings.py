@@ -93,9 +93,7 @@ def get_setting(name: str) -> Setting:
     try:
         return SETTINGS[name.strip().lower()]
     except KeyError:
-        raise SettingError(
-            f"unknown setting {name!r}; use one or more of {', '.join(SETTINGS)} (comma-separated)"
-        ) from None
+        raise SettingError(f"unknown setting {name!r}; use one of {', '.join(SETTINGS)}") from None
 
 
 def parse_settings(text: str | None, *, dtype: str | None = None) -> tuple[Setting, ...]:
@@ -103,12 +101,15 @@ def parse_settings(text: str | None, *, dtype: str | None = None) -> tuple[Setti
 
     `dtype` replaces the bf16 default of the quantized settings' unquantized tensors.
     """
-    names = DEFAULT_SETTINGS if not text else [n for n in text.split(",") if n.strip()]
+    names = DEFAULT_SETTINGS if text is None else [n for n in text.split(",") if n.strip()]
     if not names:
         raise SettingError(f"no setting given; use one or more of {', '.join(SETTINGS)}")
     chosen: list[Setting] = []
     for name in names:
-        setting = get_setting(name)
+        try:
+            setting = get_setting(name)
+        except SettingError as exc:
+            raise SettingError(f"{exc} (or a comma-separated list of them)") from None
         if dtype is not None:
             setting = setting.with_dtype(parse_dtype(dtype))
         if setting not in chosen:

@@ -13,6 +13,7 @@ from memprof import footprint
 from memprof.cli import main
 from memprof.errors import DeviceError, SettingError
 from memprof.report.footprint import render_footprint_md
+from memprof.report.units import human_bytes
 from memprof.settings import parse_settings
 
 
@@ -49,7 +50,7 @@ def test_every_format_renders_the_true_bytes(fmt, capsys):
     if fmt == "json":
         assert json.loads(out)["settings"][0]["true_bytes"] == report.settings[0].true_bytes
     else:
-        assert f"{report.settings[0].true_bytes / 2**30:,.2f} GiB" in out
+        assert human_bytes(report.settings[0].true_bytes) in out
 
 
 def test_out_writes_the_file_atomically(tmp_path, capsys):
@@ -212,3 +213,25 @@ def test_memprof_report_on_a_broken_footprint_file_is_one_line(tmp_path):
     proc = run_cli("report", str(broken))
     assert proc.returncode == 2 and "not a valid memprof footprint result" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["footprint", "gpt2", "--settings", ""], "no setting given"),
+        (["footprint", "gpt2", "--out", "/"], "it is a directory"),
+        (["footprint", "gpt2", "--out", "/proc/no-such-dir/x.json"], "cannot write"),
+    ],
+)
+def test_empty_settings_and_unwritable_out_are_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_a_config_transformers_rejects_is_one_line_with_its_reason(tmp_path, capsys):
+    config = {**tiny_config("llama"), "num_attention_heads": 3}  # hidden 40 is not a multiple of 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["footprint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is malformed" in err[0] and "attention heads" in err[0]

@@ -47,8 +47,12 @@ def add_lora_step_args(parser: argparse.ArgumentParser) -> None:
     """LoRA options of the training step, with the meaning and defaults of `memprof lora-params`."""
     from memprof.step import DEFAULT_LORA_R
 
-    parser.add_argument("--lora-r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)")
+    parser.add_argument(
+        "--lora-r", "--r", dest="lora_r", type=int, default=DEFAULT_LORA_R, help=f"LoRA rank (default {DEFAULT_LORA_R})"
+    )
+    parser.add_argument(
+        "--lora-alpha", "--alpha", dest="lora_alpha", type=float, help="LoRA alpha (default 2 x rank, as lora-params)"
+    )
     parser.add_argument(
         "--target",
         metavar="LIST",
@@ -69,15 +73,24 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all; unwritable paths are a user error, in one line."""
     path = path.expanduser()
+    if path.is_dir():
+        raise MemprofError(f"cannot write {path}: it is a directory; give a file name, e.g. {path / 'result.json'}")
     if not path.parent.is_dir():
         raise MemprofError(f"cannot write {path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise MemprofError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise MemprofError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

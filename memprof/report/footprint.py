@@ -9,15 +9,15 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.footprint import FootprintReport, SettingFootprint
-from memprof.report.units import count, gib, human_bytes, percent
+from memprof.report.units import count, human_bytes, percent
 
 
 def _measured_cell(row: SettingFootprint, field: str) -> str:
     m = row.measured
     if m is None or m.error:
         return "—"
-    value = gib(getattr(m, field))
-    return f"{value} =" if field not in row.mismatches else f"{value} ≠ {gib(getattr(row, field))}"
+    value = human_bytes(getattr(m, field))
+    return f"{value} =" if field not in row.mismatches else f"{value} ≠ {human_bytes(getattr(row, field))}"
 
 
 def _fits(row: SettingFootprint) -> str:
@@ -34,8 +34,8 @@ def _title(report: FootprintReport) -> str:
 def _prediction_cells(row: SettingFootprint) -> list[str]:
     return [
         row.setting,
-        gib(row.footprint_bytes),
-        gib(row.true_bytes),
+        human_bytes(row.footprint_bytes),
+        human_bytes(row.true_bytes),
         f"{row.ratio_to_fp32:.3f}",
         human_bytes(row.quant_state_bytes) if row.quant_state_bytes else "—",
         "—" if row.quantized_params == 0 else f"{percent(row.unquantized_share)} {DTYPE_SHORT[row.dtype]}",
@@ -59,7 +59,7 @@ def _measured_cells(row: SettingFootprint) -> list[str]:
         _measured_cell(row, "footprint_bytes"),
         _measured_cell(row, "true_bytes"),
         "—" if m.load_s is None else f"{m.load_s:.2f}",
-        gib(m.peak_bytes),
+        human_bytes(m.peak_bytes),
     ]
 
 
