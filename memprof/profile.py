@@ -138,35 +138,209 @@ class ProfileReport:
 
     @classmethod
     def from_json(cls, data: dict) -> ProfileReport:
-        if not isinstance(data, dict) or data.get("kind") != RESULT_KIND:
-            raise ResultFileError('not a memprof profile result (no "kind": "memprof.profile")')
-        values = _known(cls, data)
-        values["settings"] = tuple(_setting_from_json(s) for s in data.get("settings", ()))
-        values["notes"] = tuple(values.get("notes", ()))
+        """Rebuild a report from its JSON; ResultFileError, naming the field, for anything else."""
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind != RESULT_KIND:
+            raise ResultFileError(f"not a memprof profile result ({_kind_text(data)})")
+        values = fields_from_json(cls, data)
+        values["settings"] = tuple(
+            _setting_from_json(s, f"settings[{i}]") for i, s in enumerate(_json_list(values["settings"], "settings"))
+        )
+        values["notes"] = tuple(values["notes"])
         if isinstance(values.get("target"), list):
             values["target"] = tuple(values["target"])
         return cls(**values)
 
     def save(self, path: Path) -> None:
+        """Write the JSON atomically: readers see the old file or the whole new one."""
         from memprof.inventory import write_json_atomic
 
-        write_json_atomic(Path(path), self.to_json(), indent=2)
+        try:
+            write_json_atomic(Path(path), self.to_json(), indent=2)
+        except OSError as exc:
+            raise ResultFileError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     @classmethod
     def load(cls, path: Path) -> ProfileReport:
+        """Read a saved result; any file that is not one is a ResultFileError in one line."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise ResultFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ResultFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        data = read_result_json(path)
+        if data.get("kind") != RESULT_KIND:
+            raise ResultFileError(
+                f"{path} is not a memprof profile result ({_kind_text(data)}); write one with `memprof profile`"
+            )
         try:
             return cls.from_json(data)
         except ResultFileError as exc:
-            raise ResultFileError(f"{path}: {exc}") from None
-        except (TypeError, KeyError, ValueError) as exc:
-            raise ResultFileError(f"{path} is not a valid memprof profile result ({exc})") from None
+            raise ResultFileError(f"{path} is not a valid memprof profile result: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading saved results (profile and footprint): one reader, errors in words, never in Python's
+
+
+def read_result_json(path: Path) -> dict:
+    """The JSON object in a saved result file, or ResultFileError saying in one line why not."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ResultFileError(f"{path} is not a memprof result: it is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ResultFileError(f"{path} is not a memprof result: its JSON is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ResultFileError(
+            f"{path} is not a memprof result: it holds a JSON {_json_type(data)}, where a result is an object"
+        )
+    return data
+
+
+def load_result(path: Path):
+    """A saved `memprof profile` or `memprof footprint --json` result, told apart by its "kind"."""
+    from memprof.footprint import FOOTPRINT_KIND
+
+    path = Path(path)
+    data = read_result_json(path)
+    kind = data.get("kind")
+    if kind == RESULT_KIND:
+        try:
+            return ProfileReport.from_json(data)
+        except ResultFileError as exc:
+            raise ResultFileError(f"{path} is not a valid memprof profile result: {exc}") from None
+    if kind == FOOTPRINT_KIND:
+        try:
+            return _footprint_from_json(data)
+        except ResultFileError as exc:
+            raise ResultFileError(f"{path} is not a valid memprof footprint result: {exc}") from None
+    raise ResultFileError(
+        f"{path} is not a memprof profile or footprint result ({_kind_text(data)}); "
+        f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}") or '
+        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}")'
+    )
+
+
+def _footprint_from_json(data: dict):
+    from memprof.footprint import FootprintReport, SettingFootprint
+    from memprof.measure.load import MeasuredLoad
+
+    values = fields_from_json(FootprintReport, data)
+    rows = []
+    for i, row in enumerate(_json_list(values["settings"], "settings")):
+        row = fields_from_json(SettingFootprint, row, f"settings[{i}]")
+        if row.get("measured") is not None:
+            row["measured"] = fields_from_json(MeasuredLoad, row["measured"], f"settings[{i}].measured")
+        rows.append(row)
+    values["settings"] = rows
+    try:
+        return FootprintReport.from_json(values)
+    except (TypeError, KeyError, ValueError, AttributeError):  # complete and typed above; a guard, in words
+        raise ResultFileError("its fields do not make a footprint report") from None
+
+
+def fields_from_json(cls, data: object, where: str = "") -> dict:
+    """The fields of dataclass `cls` in JSON object `data`, each present (or defaulted) and of its type.
+
+    Unknown keys are dropped, so files from newer versions still load. A missing or ill-typed field
+    is a ResultFileError that names it: "missing field 'settings[0].load.load_s'".
+    """
+    if not isinstance(data, dict):
+        raise ResultFileError(f"field '{where}' should be an object, not a JSON {_json_type(data)}")
+    values, missing = {}, []
+    for f in dataclasses.fields(cls):
+        name = f"{where}.{f.name}" if where else f.name
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING:
+                values[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                values[f.name] = f.default_factory()
+            else:
+                missing.append(f"'{name}'")
+            continue
+        value = data[f.name]
+        if not _conforms(value, f.type):
+            raise ResultFileError(f"field '{name}' should be {_describe_type(f.type)}, not a JSON {_json_type(value)}")
+        values[f.name] = value
+    if missing:
+        raise ResultFileError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return values
+
+
+def _json_list(value: object, where: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ResultFileError(f"field '{where}' should be a list, not a JSON {_json_type(value)}")
+    return list(value)
+
+
+def _kind_text(data: object) -> str:
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return 'it has no "kind"' if kind is None else f'its "kind" is {json.dumps(kind)}'
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return "object"
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside brackets: 'tuple[str, ...] | None' -> ['tuple[str, ...] ', ' None']."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _conforms(value: object, annotation: str) -> bool:
+    """Whether a JSON value fits a field's annotation (a string: these modules postpone annotations)."""
+    return any(_conforms_one(value, alt.strip()) for alt in _split_top(str(annotation), "|"))
+
+
+def _conforms_one(value: object, annotation: str) -> bool:
+    base, _, inner = annotation.partition("[")
+    args = [a.strip() for a in _split_top(inner[:-1], ",")] if inner else []
+    if base == "None":
+        return value is None
+    if base in ("int", "float"):
+        numbers = int if base == "int" else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if base == "str":
+        return isinstance(value, str)
+    if base == "bool":
+        return isinstance(value, bool)
+    if base == "dict":
+        return isinstance(value, dict) and (len(args) != 2 or all(_conforms(v, args[1]) for v in value.values()))
+    if base in ("tuple", "list"):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] == "...":
+            return all(_conforms(v, args[0]) for v in value)
+        return not args or (len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args, strict=True)))
+    return True  # a nested dataclass: its own fields_from_json checks it
+
+
+def _describe_type(annotation: str) -> str:
+    words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "dict": "an object"}
+    words |= {"tuple": "a list", "list": "a list", "None": "null"}
+    alts = [words.get(a.strip().partition("[")[0], "an object") for a in _split_top(str(annotation), "|")]
+    return " or ".join(dict.fromkeys(alts))
 
 
 def _known(cls, data: dict) -> dict:
@@ -174,14 +348,14 @@ def _known(cls, data: dict) -> dict:
     return {k: v for k, v in data.items() if k in names}
 
 
-def _setting_from_json(data: dict) -> SettingProfile:
-    values = _known(SettingProfile, data)
+def _setting_from_json(data: object, where: str) -> SettingProfile:
+    values = fields_from_json(SettingProfile, data, where)
     for name, kind in (("load", LoadProfile), ("forward", ForwardProfile), ("offload", OffloadProfile)):
         if values.get(name) is not None:
-            values[name] = kind(**_known(kind, values[name]))
+            values[name] = kind(**fields_from_json(kind, values[name], f"{where}.{name}"))
     if values.get("train") is not None:
-        train = _known(TrainProfile, values["train"])
-        train["notes"] = tuple(train.get("notes", ()))
+        train = fields_from_json(TrainProfile, values["train"], f"{where}.train")
+        train["notes"] = tuple(train["notes"])
         values["train"] = TrainProfile(**train)
     return SettingProfile(**values)
 
@@ -337,8 +511,22 @@ def default_result_path(model: str, device: str, *, directory: Path = Path("repo
 
 
 def _check_options(
-    chosen: tuple[Setting, ...], *, batch: int, seq: int, repeats: int, warmup: int, train: str, config: dict
+    chosen: tuple[Setting, ...],
+    *,
+    batch: int,
+    seq: int,
+    repeats: int,
+    warmup: int,
+    train: str,
+    config: dict,
+    timeout_s: float | None,
+    save_to: Path | None,
 ) -> None:
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):  # NaN too
+        shown = f"{timeout_s:g}" if isinstance(timeout_s, (int, float)) else repr(timeout_s)
+        raise ProfileOptionError(f"--timeout must be a number of seconds > 0, not {shown}")
+    if save_to is not None:
+        _check_writable(Path(save_to))
     for name, value, least in (("batch", batch, 1), ("seq", seq, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
         if not isinstance(value, int) or value < least:
             raise ProfileOptionError(f"--{name} must be an integer >= {least}, not {value!r}")
@@ -354,6 +542,18 @@ def _check_options(
     limit = config.get("max_position_embeddings") or config.get("n_positions")
     if isinstance(limit, int) and seq > limit:
         raise ProfileOptionError(f"--seq {seq} is longer than the model's {limit} positions; use --seq <= {limit}")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a result path that cannot be written before measuring, not after; never create directories."""
+    if path.is_dir():
+        raise ProfileOptionError(
+            f"cannot write {path}: it is a directory; give a file name, e.g. {path / 'result.json'}"
+        )
+    if not path.parent.is_dir():
+        raise ProfileOptionError(f"cannot write {path}: directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ProfileOptionError(f"cannot write {path}: directory {path.parent} is not writable")
 
 
 def profile(
@@ -385,15 +585,27 @@ def profile(
     random tokens (median and IQR over `repeats` after `warmup`), a training step (`train`: "lora",
     QLoRA on 4-bit settings; "full", fp32/bf16 only; or "none"), and, with `max_gpu_memory`, the
     offload plan under that budget (measured too on a GPU). `save_to` is rewritten after every
-    setting, so an interrupt leaves what was gathered; KeyboardInterrupt propagates after saving.
-    `on_progress(setting, phase)` is called as work starts.
+    setting (its directory must exist), so an interrupt leaves what was gathered; KeyboardInterrupt
+    propagates after saving. `timeout_s` (> 0) kills a setting's process after that many seconds;
+    the row then says "timed out after N s during <phase>". `on_progress(setting, phase)` is called
+    as work starts.
     """
     from memprof.measure.load import check_device, weights_for
     from memprof.measure.profile_worker import run_profile_worker
 
     resolved = resolve_model(model, allow_download=allow_download)
     chosen = settings if isinstance(settings, tuple) else parse_settings(settings)
-    _check_options(chosen, batch=batch, seq=seq, repeats=repeats, warmup=warmup, train=train, config=resolved.config)
+    _check_options(
+        chosen,
+        batch=batch,
+        seq=seq,
+        repeats=repeats,
+        warmup=warmup,
+        train=train,
+        config=resolved.config,
+        timeout_s=timeout_s,
+        save_to=save_to,
+    )
     budget = parse_bytes(max_gpu_memory) if isinstance(max_gpu_memory, str) else max_gpu_memory
     check_device(device, chosen)
     say = on_progress or (lambda _setting, _phase: None)

@@ -181,7 +181,8 @@ def test_report_and_compare_commands(lora_reports, tmp_path, fmt, capsys):
     assert "nf4-dq" in capsys.readouterr().out
     assert main(["compare", str(a), str(b), "--format", fmt]) == 0
     out = capsys.readouterr().out
-    assert "train.median_ms" in out and "nf4-dq" in out
+    # JSON keeps the field path; the rendered formats say it in words
+    assert ("train.median_ms" if fmt == "json" else "train step median (ms)") in out and "nf4-dq" in out
 
 
 @pytest.mark.slow
@@ -192,7 +193,7 @@ def test_compare_ratios_are_b_over_a(lora_reports):
     assert row.ratio == b.settings[1].load.true_bytes / a.settings[1].load.true_bytes
     assert any("model differs" in n for n in comparison.notes)
     for render in (render_compare_md, render_compare_html, lambda c: _text(compare_renderables(c))):
-        assert "load.true_bytes" in render(comparison)
+        assert "load true bytes" in render(comparison) and "load.true_bytes" not in render(comparison)
 
 
 def test_a_subprocess_that_dies_is_a_row_with_its_reason(model_dirs, monkeypatch):
@@ -277,6 +278,8 @@ def test_parse_bytes(text, expected):
         ({"settings": "fp32,int3"}, SettingError),
         ({"device": "cuda"}, DeviceError),
         ({"train": "full", "settings": "int8"}, ProfileOptionError),
+        ({"timeout_s": 0}, ProfileOptionError),
+        ({"timeout_s": float("nan")}, ProfileOptionError),
     ],
 )
 def test_bad_input_is_a_memprof_error(model_dirs, kwargs, error):
@@ -297,14 +300,17 @@ def test_bad_input_is_a_memprof_error(model_dirs, kwargs, error):
         ["profile", "{llama}", "--settings", "fp33"],
         ["profile", "{llama}", "--train", "full", "--settings", "nf4"],
         ["profile", "{llama}", "--gpu", "Voodoo2"],
+        ["profile", "{llama}", "--timeout", "0"],
+        ["profile", "{llama}", "--timeout", "-5"],
         ["report", "{llama}/config.json"],
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(model_dirs, argv, capsys):
     argv = [a.format(llama=model_dirs["llama"]) for a in argv]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"memprof {argv[0]}: error:") and "\n" not in err
+    err = capsys.readouterr().err
+    # exactly one line: no blank line left by the progress display before it
+    assert err.startswith(f"memprof {argv[0]}: error:") and err.count("\n") == 1 and err.endswith("\n")
 
 
 def test_unknown_model_error_type():
@@ -337,3 +343,265 @@ def test_report_dataclasses_round_trip_without_optional_phases():
     )  # fmt: skip
     assert ProfileReport.from_json(json.loads(json.dumps(dataclasses.asdict(report)))) == report
     assert "out of memory during load" in render_profile_md(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# saved results: one reader for profile and footprint files, errors in words
+
+
+def _synthetic_report(device: str = "cpu", *, error: str | None = None, failed_phase: str | None = None):
+    """A report with large numbers (8B-model sizes), measured on `device`; the nf4 row failed if `error`."""
+    from memprof.profile import ForwardProfile, LoadProfile, SettingProfile, TrainProfile
+
+    gpu = device == "cuda"
+    peaks = dict(reserved_peak_bytes=133_456_789_012, device_peak_bytes=143_456_789_012) if gpu else {}
+    load = LoadProfile(1234.5, 16_060_522_496, 16_060_522_496, 123_456_789_012, peak_rss_bytes=12_345_678_901, **peaks)
+    forward = ForwardProfile(12_345.678, 1_234.5, 123_456.7, 123_456_789_012, peak_rss_bytes=12_345_678_901, **peaks)
+    breakdown = {kind: 10**9 for kind in ("weights", "trainable_params", "grads", "optimizer_states")}
+    train = TrainProfile(
+        "full", 23_456.78, 2_345.67, 234_567.8, 10**16, 456.7, 4 * 10**9, breakdown, 8_030_261_248,
+        peak_fraction=0.4617 if gpu else None, **peaks,
+    )  # fmt: skip
+    rows = [SettingProfile("bf16", load=load, forward=forward, train=train)]
+    if error:
+        rows.append(SettingProfile("fp32", error=error, failed_phase=failed_phase))
+    return ProfileReport(
+        model="meta-llama/Llama-3.1-8B", device=device, env={"gpu_name": "NVIDIA H100 80GB HBM3"} if gpu else {},
+        batch=1, seq=512, repeats=10, warmup=2, train="full", settings=tuple(rows),
+    )  # fmt: skip
+
+
+def _report_cli(tmp_path, capsys, content: bytes | str) -> tuple[int, str]:
+    path = tmp_path / "result.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code = main(["report", str(path)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[1, 2]", "it holds a JSON array, where a result is an object"),
+        (b"\xff\xfe{}", "it is not UTF-8 text"),
+        ("{not json", "is not JSON"),
+        ('"memprof.profile"', "it holds a JSON string"),
+        ('{"kind": "memprof.profile"}', "missing fields 'model', 'device', 'env'"),
+        ('{"kind": "memprof.footprint"}', "'settings'"),
+        ('{"model": "m", "r": 8, "trainable_params": 3584}', 'it has no "kind"'),
+        ('{"kind": "memprof.lora-params"}', "is not a memprof profile or footprint result"),
+    ],
+)
+def test_report_of_a_file_that_is_not_a_result_is_one_line_in_words_and_exit_2(tmp_path, capsys, content, message):
+    code, err = _report_cli(tmp_path, capsys, content)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("memprof report: error:"), err
+    assert message in err
+    for internal in ("__init__", "positional argument", "Traceback", "('settings')", "KeyError"):
+        assert internal not in err
+
+
+def test_a_file_of_another_command_names_both_accepted_kinds(tmp_path, capsys):
+    code, err = _report_cli(tmp_path, capsys, json.dumps({"model": "m", "trainable_params": 3584}))
+    assert code == 2 and "memprof.profile" in err and "memprof.footprint" in err
+
+
+def test_a_missing_or_ill_typed_field_is_named_with_its_path(tmp_path, capsys):
+    data = _synthetic_report().to_json()
+    del data["settings"][0]["train"]["median_ms"]
+    code, err = _report_cli(tmp_path, capsys, json.dumps(data))
+    assert code == 2 and "missing field 'settings[0].train.median_ms'" in err
+    data = _synthetic_report().to_json()
+    data["batch"] = "one"
+    code, err = _report_cli(tmp_path, capsys, json.dumps(data))
+    assert code == 2 and "field 'batch' should be an integer, not a JSON string" in err
+
+
+def test_a_footprint_file_missing_a_row_field_is_named(tmp_path, capsys):
+    data = json.loads(render_json(footprint(str(TINY_CONFIGS and "gpt2"), settings="bf16")))
+    del data["settings"][0]["fits_gpus"]
+    code, err = _report_cli(tmp_path, capsys, json.dumps(data))
+    assert code == 2 and "missing field 'settings[0].fits_gpus'" in err and err.count("\n") == 1
+
+
+def test_compare_refuses_a_footprint_file_in_one_line(tmp_path, capsys):
+    footprint_file, profile_file = tmp_path / "fp.json", tmp_path / "p.json"
+    footprint_file.write_text(render_json(footprint("gpt2", settings="bf16")))
+    _synthetic_report().save(profile_file)
+    assert main(["compare", str(profile_file), str(footprint_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'its "kind" is "memprof.footprint"' in err
+
+
+def test_unknown_keys_from_newer_versions_are_ignored():
+    data = _synthetic_report().to_json()
+    data["future_field"] = 1
+    data["settings"][0]["load"]["future_field"] = 2
+    assert ProfileReport.from_json(data) == _synthetic_report()
+
+
+# ---------------------------------------------------------------------------------------------
+# failures: timeouts, reasons in the tables, exit codes
+
+
+def test_a_kill_at_the_timeout_is_reported_as_a_timeout_not_as_the_os():
+    from memprof.measure.fresh import Finished
+
+    assert Finished(None, -9, "", timed_out=True, timeout_s=2.5).exit_reason() == "timed out after 2.5 s"
+    assert "out of host memory" in Finished(None, -9, "").exit_reason()
+
+
+@pytest.mark.slow
+def test_a_setting_that_times_out_is_a_row_with_the_timeout_and_exit_code_1(model_dirs, tmp_path, capsys):
+    out = tmp_path / "timeout.json"
+    argv = ["profile", str(model_dirs["llama"]), "--settings", "bf16", "--seq", "8", "--timeout", "0.05"]
+    assert main([*argv, "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    error = ProfileReport.load(out).settings[0].error
+    assert error.startswith("timed out after 0.05 s during ") and "SIGKILL" not in error
+    assert "failed: timed out after 0.05 s during" in captured.out  # the table says why, not just "not run"
+    assert "1 setting(s) failed: bf16 (timed out after 0.05 s" in captured.err
+
+
+def _fake_worker(fail: set[str]):
+    def worker(request, **kwargs):
+        name = request["setting"]["name"]
+        if name in fail:
+            return {"error": "worker died with SIGKILL during start-up", "failed_phase": "start-up"}
+        load = {"load_s": 0.5, "footprint_bytes": 1000, "true_bytes": 1000, "peak_bytes": 2000}
+        forward = {"median_ms": 1.5, "iqr_ms": 0.1, "tokens_per_s": 10.0, "peak_bytes": 3000}
+        return {"load": load, "forward": forward, "done": True}
+
+    return worker
+
+
+@pytest.mark.parametrize(("fail", "code"), [(set(), 0), ({"bf16"}, 1)])
+def test_profile_exit_code_is_0_only_when_every_setting_ran(model_dirs, tmp_path, monkeypatch, capsys, fail, code):
+    from memprof.measure import profile_worker
+
+    monkeypatch.setattr(profile_worker, "run_profile_worker", _fake_worker(fail))
+    monkeypatch.setattr("memprof.measure.load.weights_for", _fake_weights)
+    argv = ["profile", str(model_dirs["llama"]), "--settings", "fp32,bf16", "--train", "none", "--seq", "8"]
+    assert main([*argv, "--out", str(tmp_path / "r.json")]) == code
+
+
+def test_a_setting_that_died_before_its_first_phase_shows_the_reason_in_the_load_table():
+    from memprof.profile import SettingProfile
+
+    row = SettingProfile("nf4", error="timed out after 5 s during start-up", failed_phase="start-up")
+    report = dataclasses.replace(_synthetic_report(), settings=(row,))
+    text = render_profile_md(report)
+    load_table = text.split("### Load")[1].split("###")[0]
+    assert "failed: timed out after 5 s during start-up" in load_table
+    assert "not run" in text.split("### Forward")[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# --out: a JSON file in an existing directory; the default ./reports/ is said and documented
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("{tmp}/r.html", "must end in .json"),
+        ("{tmp}/no-such-dir/r.json", "directory {tmp}/no-such-dir does not exist"),
+        ("{tmp}", "must end in .json"),
+    ],
+)
+def test_profile_out_is_a_json_file_in_an_existing_directory(model_dirs, tmp_path, capsys, out, message):
+    out, message = out.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    argv = ["profile", str(model_dirs["llama"]), "--seq", "8", "--format", "html", "--out", out]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "no-such-dir").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_html_out_is_refused_with_the_report_command_that_writes_it(model_dirs, tmp_path, capsys):
+    assert main(["profile", str(model_dirs["llama"]), "--format", "html", "--out", str(tmp_path / "r.html")]) == 2
+    assert f"memprof report RESULT.json --format html --out {tmp_path / 'r.html'}" in capsys.readouterr().err
+
+
+def test_profile_without_out_saves_under_reports_and_says_where(model_dirs, tmp_path, monkeypatch, capsys):
+    from memprof.cli import build_parser
+    from memprof.measure import profile_worker
+
+    monkeypatch.setattr(profile_worker, "run_profile_worker", _fake_worker(set()))
+    monkeypatch.setattr("memprof.measure.load.weights_for", _fake_weights)
+    monkeypatch.chdir(tmp_path)
+    assert main(["profile", str(model_dirs["llama"]), "--settings", "fp32", "--train", "none", "--seq", "8"]) == 0
+    saved = list((tmp_path / "reports").glob("profile-*-cpu-*.json"))
+    assert len(saved) == 1 and f"saved reports/{saved[0].name}" in capsys.readouterr().err
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["profile"].format_help().split())
+    assert "./reports/" in help_text and "memprof report FILE.json --format md" in help_text
+
+
+def test_bad_options_leave_no_empty_reports_directory(model_dirs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["profile", str(model_dirs["llama"]), "--batch", "0"]) == 2
+    assert not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers, glyphs and widths
+
+
+@pytest.mark.parametrize(
+    ("tflops", "text"),
+    [
+        (6.862e-05, "68.6 MFLOP/s"),
+        (0.012345, "12.3 GFLOP/s"),
+        (456.7, "457 TFLOP/s"),
+        (1.0, "1.00 TFLOP/s"),
+        (9.996e-4, "1.00 GFLOP/s"),
+    ],
+)
+def test_flops_use_an_adaptive_unit_with_3_significant_digits(tflops, text):
+    from memprof.report.profile import flops_per_s
+
+    assert flops_per_s(tflops) == text
+
+
+def test_compare_formats_each_metric_consistently_with_readable_labels():
+    a = _synthetic_report()
+    slower = dataclasses.replace(a.settings[0].load, load_s=a.settings[0].load.load_s * 0.5490123)
+    b = dataclasses.replace(a, settings=(dataclasses.replace(a.settings[0], load=slower),))
+    text = render_compare_md(compare_reports(a, b))
+    assert "| bf16 | load time (s) | 1,234.50 | 677.76 | 0.549× |" in text
+    assert "| bf16 | forward median (ms) | 12,345.68 | 12,345.68 | 1.00× |" in text
+    assert "| bf16 | train peak | 3.73 GiB | 3.73 GiB | 1.00× |" in text
+    assert "| bf16 | train FLOP/s | 457 TFLOP/s | 457 TFLOP/s | 1.00× |" in text
+    assert "load.load_s" not in text and "e+" not in text and "e-" not in text
+
+
+def test_every_memory_kind_has_its_own_glyph_and_colour_in_the_legend():
+    from memprof.report.profile import BREAKDOWN_STYLES, breakdown_chart
+
+    glyphs = [glyph for glyph, _ in BREAKDOWN_STYLES.values()]
+    colours = [colour for _, colour in BREAKDOWN_STYLES.values()]
+    assert len(set(glyphs)) == len(glyphs) and len(set(colours)) == len(colours)
+    legend = _plain(breakdown_chart(_synthetic_report()), width=100)
+    for kind, (glyph, _) in BREAKDOWN_STYLES.items():
+        assert f"{glyph * 2} {kind}" in legend  # without colour (piped), the glyph alone tells kinds apart
+
+
+def _plain(renderable, *, width: int) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None).print(renderable)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_tables_fit_100_columns_with_whole_headers_and_numbers(device):
+    report = _synthetic_report(device, error="out of memory during train", failed_phase="train")
+    text = _plain(profile_renderables(report), width=100)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 100
+    for header in ("load s", "footprint", "true bytes", "median ms", "IQR ms", "tokens/s", "FLOP/s", "trainable"):
+        assert header in text
+    assert "12,345.68" in text and "23,456.78" in text and "457 TFLOP/s" in text and "8.03B" in text
+    # reserved and whole-device peaks are GPU-only: their own table there, no column of dashes on CPU
+    assert ("reserved" in text) == (device == "cuda") and ("of peak" in text) == (device == "cuda")
+
+
+@pytest.mark.slow
+def test_real_results_render_at_100_columns_without_cut_cells_or_scientific_notation(lora_reports):
+    text = _plain(profile_renderables(lora_reports["llama"]), width=100)
+    assert "…" not in text and "e-0" not in text and "FLOP/s" in text

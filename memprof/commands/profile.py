@@ -1,15 +1,20 @@
 """Load MODEL at each setting and measure what a user will hit: load time and bytes, forward latency
-and throughput, a training step (LoRA/QLoRA or full) with achieved TFLOP/s and its peak memory by
+and throughput, a training step (LoRA/QLoRA or full) with achieved FLOP/s and its peak memory by
 kind, and, with --max-gpu-memory or --gpu, the CPU-offload plan under that budget.
 
-Each setting runs in a fresh subprocess; out of memory or a crash is a row, not the end of the run.
-The JSON result is saved (atomically, after every setting) under reports/ or to --out, and
-`memprof report FILE` re-renders it.
+Each setting runs in a fresh subprocess; out of memory, a crash or --timeout is a row with its
+reason, not the end of the run, and the exit code is 1 if any setting failed (0 when all ran).
+
+The JSON result is the session: it is saved (atomically, after every setting) to --out FILE.json,
+or by default to ./reports/profile-MODEL-DEVICE-TIME.json (./reports/ is created if missing), and
+stderr says where. --format/--json choose what is printed on stdout; to write Markdown or HTML to a
+file, render the saved JSON: `memprof report FILE.json --format md --out report.md`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -17,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from memprof.commands._common import add_lora_step_args, add_model_args, add_settings_arg, emit
+from memprof.commands._common import add_lora_step_args, add_model_args, add_settings_arg, emit, output_format
 from memprof.errors import ProfileOptionError
 from memprof.report import FORMATS
 
@@ -46,15 +51,24 @@ class ProfileCommand:
         budget.add_argument("--max-gpu-memory", metavar="SIZE", help="GPU budget for the offload plan, e.g. 15GiB")
         budget.add_argument("--gpu", metavar="NAME", help="GPU budget = a catalog card's memory, e.g. T4")
         parser.add_argument("--threads", type=int, help="torch CPU threads in each worker (default: torch's)")
-        parser.add_argument("--timeout", type=float, metavar="S", help="kill a setting's worker after S seconds")
-        parser.add_argument("--json", action="store_true", help="print the result JSON (same as --format json)")
-        parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
         parser.add_argument(
-            "--out", type=Path, metavar="FILE", help="where to save the JSON result (default reports/profile-...json)"
+            "--timeout", type=float, metavar="S", help="kill a setting's worker after S seconds (> 0); its row says so"
+        )
+        parser.add_argument("--json", action="store_true", help="print the result JSON (same as --format json)")
+        parser.add_argument(
+            "--format", choices=FORMATS, default="table", help="what to print on stdout (default: table)"
+        )
+        parser.add_argument(
+            "--out",
+            type=Path,
+            metavar="FILE.json",
+            help="where to save the JSON result; must end in .json, its directory must exist "
+            "(default: ./reports/profile-MODEL-DEVICE-TIME.json, creating ./reports/). "
+            "Not the --format output: for a Markdown or HTML file run `memprof report FILE.json --format md --out F`",
         )
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from memprof.profile import default_result_path, gpu_budget, profile
+        from memprof.profile import default_result_path, gpu_budget
         from memprof.report.profile import profile_renderables, render_profile_html, render_profile_md
 
         if args.threads is not None and args.threads < 1:
@@ -62,58 +76,86 @@ class ProfileCommand:
         budget = args.max_gpu_memory
         if args.gpu:
             budget = gpu_budget(args.gpu)[1]
-        out = args.out or default_result_path(args.model or "default", args.device)
+        out = args.out.expanduser() if args.out is not None else None
+        if out is not None and out.suffix.lower() != ".json":
+            rendered = output_format(args) in ("md", "html")
+            fmt, target = (output_format(args), out) if rendered else ("md", "FILE")
+            raise ProfileOptionError(
+                f"--out {out} must end in .json: profile saves its JSON result there (--format only chooses what "
+                f"is printed); for a {fmt} file, run `memprof report RESULT.json --format {fmt} --out {target}`"
+            )
+        made_dir = None
+        if out is None:
+            out = default_result_path(args.model or "default", args.device)
+            if not out.parent.exists():
+                out.parent.mkdir(parents=True)
+                made_dir = out.parent
+        try:
+            report = self._profile(args, budget, out)
+        except KeyboardInterrupt:
+            print(f"memprof profile: interrupted; results so far saved to {out}", file=sys.stderr)
+            return 130
+        except BaseException:
+            if made_dir is not None:  # nothing was measured: leave no empty ./reports/ behind
+                with contextlib.suppress(OSError):
+                    made_dir.rmdir()
+            raise
+        shown = argparse.Namespace(**{**vars(args), "out": None})
+        emit(report, shown, console, table=profile_renderables, md=render_profile_md, html=render_profile_html)
+        print(f"saved {out} (re-render with `memprof report {out}`)", file=sys.stderr)
+        failed = [f"{r.setting} ({r.error})" for r in report.settings if r.error]
+        if failed:
+            print(f"memprof profile: {len(failed)} setting(s) failed: {'; '.join(failed)}", file=sys.stderr)
+            return 1
+        return 0
+
+    def _profile(self, args: argparse.Namespace, budget, out: Path):
+        """Run the library function, with a progress line on stderr when it is a terminal."""
+        from memprof.profile import profile
+
         err = Console(stderr=True)
-        progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.fields[setting]}"),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} settings"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
-        total = len(args.settings.split(",")) if args.settings else 5
+        progress = None
+        if err.is_terminal:  # piped, rich would print a blank line on stop, before any error message
+            progress = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.fields[setting]}"),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} settings"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            total = len(args.settings.split(",")) if args.settings else 5
+            task = progress.add_task("starting", total=total, setting="")
         started: list[str] = []
 
         def on_progress(setting: str, phase: str) -> None:
             if setting and phase == "starting":
                 started.append(setting)
-            progress.update(task, description=phase, setting=setting, completed=max(0, len(started) - 1))
+            if progress is not None:
+                progress.update(task, description=phase, setting=setting, completed=max(0, len(started) - 1))
 
-        task = progress.add_task("starting", total=total, setting="")
-        try:
-            with progress:
-                report = profile(
-                    args.model,
-                    settings=args.settings,
-                    device=args.device,
-                    batch=args.batch,
-                    seq=args.seq,
-                    repeats=args.repeats,
-                    warmup=args.warmup,
-                    train=args.train,
-                    lora_r=args.lora_r,
-                    lora_alpha=args.lora_alpha,
-                    target=args.target,
-                    grad_checkpointing=args.grad_checkpointing,
-                    max_gpu_memory=budget,
-                    threads=args.threads,
-                    save_to=out,
-                    command=shlex.join(["memprof", *sys.argv[1:]]),
-                    allow_download=args.allow_download,
-                    trust_remote_code=args.trust_remote_code,
-                    on_progress=on_progress,
-                    timeout_s=args.timeout,
-                )
-        except KeyboardInterrupt:
-            print(f"memprof profile: interrupted; results so far saved to {out}", file=sys.stderr)
-            return 130
-        shown = argparse.Namespace(**{**vars(args), "out": None})
-        emit(report, shown, console, table=profile_renderables, md=render_profile_md, html=render_profile_html)
-        print(f"saved {out}", file=sys.stderr)
-        failed = [r.setting for r in report.settings if r.error]
-        if failed:
-            print(f"memprof profile: failed or out of memory at: {', '.join(failed)} (see the rows)", file=sys.stderr)
-        return 0
+        with progress if progress is not None else contextlib.nullcontext():
+            return profile(
+                args.model,
+                settings=args.settings,
+                device=args.device,
+                batch=args.batch,
+                seq=args.seq,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                train=args.train,
+                lora_r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                target=args.target,
+                grad_checkpointing=args.grad_checkpointing,
+                max_gpu_memory=budget,
+                threads=args.threads,
+                save_to=out,
+                command=shlex.join(["memprof", *sys.argv[1:]]),
+                allow_download=args.allow_download,
+                trust_remote_code=args.trust_remote_code,
+                on_progress=on_progress,
+                timeout_s=args.timeout,
+            )

@@ -46,13 +46,21 @@ def _child(target: str, request: dict, result_path: str, log_path: str, conn) ->
 
 @dataclass(frozen=True)
 class Finished:
-    """How a fresh process ended: its result JSON (None if it wrote none) and its exit."""
+    """How a fresh process ended: its result JSON (None if it wrote none) and its exit.
+
+    `timed_out` is True when run_fresh itself killed the process at `timeout_s`, so that a kill
+    memprof made is never blamed on the OS.
+    """
 
     result: dict | None
     exitcode: int
     log_tail: str  # last line the process printed, for errors
+    timed_out: bool = False
+    timeout_s: float | None = None
 
     def exit_reason(self) -> str:
+        if self.timed_out:
+            return f"timed out after {self.timeout_s:g} s"
         if self.exitcode < 0:
             name = signal.Signals(-self.exitcode).name
             hint = " (the OS killed it: most likely out of host memory)" if name == "SIGKILL" else ""
@@ -69,7 +77,8 @@ def run_fresh(
 ) -> Finished:
     """Run `target` ("package.module:function") in a fresh process and wait for it.
 
-    KeyboardInterrupt (and any other exception here) kills the child first, then propagates.
+    With `timeout_s`, a child still running after that many seconds is killed and the result says
+    `timed_out`. KeyboardInterrupt (and any other exception here) kills the child first, then propagates.
     """
     ctx = _context()
     with tempfile.TemporaryDirectory(prefix="memprof-run-") as tmp:
@@ -79,7 +88,7 @@ def run_fresh(
         process.start()
         sender.close()
         try:
-            _pump(process, receiver, on_message or (lambda _m: None), timeout_s)
+            killed = _pump(process, receiver, on_message or (lambda _m: None), timeout_s)
             process.join()
         except BaseException:
             process.kill()
@@ -89,10 +98,13 @@ def run_fresh(
             receiver.close()
         result = json.loads(result_path.read_text()) if result_path.is_file() else None
         log = log_path.read_text(errors="replace").strip().splitlines() if log_path.is_file() else []
-        return Finished(result, process.exitcode, log[-1] if log else "")
+        # a child that finished just as the deadline passed was not killed by us: its own exit stands
+        timed_out = killed and process.exitcode == -signal.SIGKILL
+        return Finished(result, process.exitcode, log[-1] if log else "", timed_out=timed_out, timeout_s=timeout_s)
 
 
-def _pump(process, receiver, on_message: Callable[[object], None], timeout_s: float | None) -> None:
+def _pump(process, receiver, on_message: Callable[[object], None], timeout_s: float | None) -> bool:
+    """Pass the child's messages on until it ends; True if it was killed at the deadline."""
     import time
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -101,9 +113,20 @@ def _pump(process, receiver, on_message: Callable[[object], None], timeout_s: fl
             try:
                 on_message(receiver.recv())
             except EOFError:  # the child closed its end: it is finishing or dead
-                return
+                return _wait(process, deadline)
         elif not process.is_alive():
-            return
+            return False
         if deadline is not None and time.monotonic() > deadline:
             process.kill()
-            return
+            return True
+
+
+def _wait(process, deadline: float | None) -> bool:
+    """Wait for a child that closed its pipe, still under the deadline; True if it was killed at it."""
+    import time
+
+    process.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    if process.is_alive():
+        process.kill()
+        return True
+    return False

@@ -34,13 +34,14 @@ def run_profile_worker(
 ) -> dict:
     """Run one setting's profile in a fresh process; returns its result dict (with "error" on failure).
 
-    A process that dies keeps the phases it finished; the error names the exit reason and phase.
+    A process that dies keeps the phases it finished; the error names the exit reason and phase
+    ("timed out after 60 s during train" when `timeout_s` ran out; "start-up" before the first phase).
     KeyboardInterrupt kills the child and propagates.
     """
     from memprof.measure.fresh import run_fresh
 
     say = on_phase or (lambda _phase: None)
-    phase = "start"
+    phase = "start-up"
 
     def on_message(message) -> None:
         nonlocal phase
@@ -51,9 +52,10 @@ def run_profile_worker(
     result = finished.result or {}
     if finished.exitcode == 0 and result.get("done"):
         return result
-    if result.get("error"):
+    if result.get("error") and not finished.timed_out:
         return result
-    result["error"] = f"worker {finished.exit_reason()} during {phase}"
+    reason = finished.exit_reason() if finished.timed_out else f"worker {finished.exit_reason()}"
+    result["error"] = f"{reason} during {phase}"
     result["failed_phase"] = phase
     return result
 

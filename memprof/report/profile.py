@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -11,16 +12,19 @@ from rich.text import Text
 from memprof.profile import ProfileComparison, ProfileReport, SettingProfile
 from memprof.report.units import human_bytes, percent
 
+# one glyph and one colour per kind, so the bar reads without colour too (piped, --format md)
 BREAKDOWN_STYLES = {
     "weights": ("█", "blue"),
     "quant_state": ("▓", "cyan"),
     "trainable_params": ("▒", "green"),
-    "grads": ("▒", "yellow"),
+    "grads": ("≡", "yellow"),
     "optimizer_states": ("░", "magenta"),
     "inputs": ("·", "white"),
     "activations_temporaries": ("▚", "red"),
 }
 BAR_WIDTH = 60
+LEGEND_WIDTH = 80
+TABLE_PHASES = ("load", "forward", "train")  # the phases with a table row per setting
 
 
 def _ms(x: float | None) -> str:
@@ -35,6 +39,39 @@ def _b(n: int | None) -> str:
     return human_bytes(n)
 
 
+def sig3(x: float) -> str:
+    """`x` to 3 significant digits, never in scientific notation: 0.549, 1.23, 12.3, 123, 1,234."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    x = float(f"{x:.3g}")
+    decimals = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
+def flops_per_s(tflops: float | None) -> str:
+    """Achieved compute in the largest of TFLOP/s, GFLOP/s, MFLOP/s, kFLOP/s that keeps it >= 1."""
+    if tflops is None:
+        return "—"
+    value = float(f"{tflops * 1e12:.3g}")  # rounded first: 999.6 MFLOP/s is 1.00 GFLOP/s
+    for unit, scale in (("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6), ("kFLOP/s", 1e3)):
+        if abs(value) >= scale:
+            return f"{sig3(value / scale)} {unit}"
+    return f"{sig3(value)} FLOP/s"
+
+
+def params(n: int | None) -> str:
+    """A parameter count: exact below a million, else 3 significant digits with M or B (21.0M, 8.03B)."""
+    if n is None:
+        return "—"
+    if n < 10**6:
+        return f"{n:,}"
+    return f"{sig3(n / 1e6)}M" if n < 10**9 else f"{sig3(n / 1e9)}B"
+
+
+def _ratio(x: float | None) -> str:
+    return "—" if x is None else f"{sig3(x)}×"
+
+
 def _title(report: ProfileReport) -> str:
     gpu = f" ({report.env.get('gpu_name')})" if report.env.get("gpu_name") else ""
     state = " · INTERRUPTED, partial" if report.interrupted else ""
@@ -44,32 +81,46 @@ def _title(report: ProfileReport) -> str:
     )
 
 
+def failed_phase(row: SettingProfile) -> str | None:
+    """The phase whose table shows `row`'s error: the one it failed in, else the first without a result.
+
+    A process killed before its first phase ("start-up") shows the error at load, not nowhere.
+    """
+    if not row.error:
+        return None
+    if row.failed_phase in (*TABLE_PHASES, "offload"):
+        return row.failed_phase
+    return next((phase for phase in TABLE_PHASES if getattr(row, phase) is None), row.failed_phase)
+
+
 def _failed(row: SettingProfile, phase: str) -> str | None:
     """The cell text for a phase that did not produce a result."""
-    if row.error and (row.failed_phase == phase or row.failed_phase is None):
+    if row.error and failed_phase(row) == phase:
         return f"failed: {row.error}"
     if row.error:
         return "not run"
     return None
 
 
+def _missing(row: SettingProfile, phase: str, width: int) -> list[str]:
+    return [row.setting, _failed(row, phase) or "—"] + [""] * (width - 2)
+
+
 def _load_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "load s", "footprint", "true bytes", "peak", "reserved peak", "device peak", "peak RSS"]
+    head = ["setting", "load s", "footprint", "true bytes", "peak", "peak RSS"]
     rows = []
     for r in report.settings:
         m = r.load
         if m is None:
-            rows.append([r.setting, _failed(r, "load") or "—"] + [""] * (len(head) - 2))
+            rows.append(_missing(r, "load", len(head)))
             continue
         rows.append(
             [
                 r.setting,
-                f"{m.load_s:.2f}",
+                f"{m.load_s:,.2f}",
                 _b(m.footprint_bytes),
                 _b(m.true_bytes),
                 _b(m.peak_bytes),
-                _b(m.reserved_peak_bytes),
-                _b(m.device_peak_bytes),
                 _b(m.peak_rss_bytes),
             ]
         )
@@ -77,36 +128,26 @@ def _load_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
 
 
 def _forward_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "median ms", "IQR ms", "tokens/s", "peak", "reserved peak", "device peak", "peak RSS"]
+    head = ["setting", "median ms", "IQR ms", "tokens/s", "peak", "peak RSS"]
     rows = []
     for r in report.settings:
         m = r.forward
         if m is None:
-            rows.append([r.setting, _failed(r, "forward") or "—"] + [""] * (len(head) - 2))
+            rows.append(_missing(r, "forward", len(head)))
             continue
         rows.append(
-            [
-                r.setting,
-                _ms(m.median_ms),
-                _ms(m.iqr_ms),
-                _rate(m.tokens_per_s),
-                _b(m.peak_bytes),
-                _b(m.reserved_peak_bytes),
-                _b(m.device_peak_bytes),
-                _b(m.peak_rss_bytes),
-            ]
+            [r.setting, _ms(m.median_ms), _ms(m.iqr_ms), _rate(m.tokens_per_s), _b(m.peak_bytes), _b(m.peak_rss_bytes)]
         )
     return head, rows
 
 
 def _train_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "median ms", "IQR ms", "tokens/s", "TFLOP/s", "of peak", "trainable", "peak", "reserved peak"]
-    head += ["device peak"]
+    head = ["setting", "median ms", "IQR ms", "tokens/s", "FLOP/s", "of peak", "trainable", "peak"]
     rows = []
     for r in report.settings:
         m = r.train
         if m is None:
-            rows.append([r.setting, _failed(r, "train") or "—"] + [""] * (len(head) - 2))
+            rows.append(_missing(r, "train", len(head)))
             continue
         rows.append(
             [
@@ -114,14 +155,25 @@ def _train_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
                 _ms(m.median_ms),
                 _ms(m.iqr_ms),
                 _rate(m.tokens_per_s),
-                f"{m.tflops:.4g}",
+                flops_per_s(m.tflops),
                 percent(m.peak_fraction),
-                f"{m.trainable_params:,}",
+                params(m.trainable_params),
                 _b(m.peak_bytes),
-                _b(m.reserved_peak_bytes),
-                _b(m.device_peak_bytes),
             ]
         )
+    return head, rows
+
+
+def _device_peak_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
+    """GPU peaks beside the allocator's: reserved by the caching allocator, whole device by NVML."""
+    head = ["setting", "phase", "allocated", "reserved", "device (NVML)"]
+    rows = []
+    for r in report.settings:
+        for phase in TABLE_PHASES:
+            m = getattr(r, phase)
+            if m is None or (m.reserved_peak_bytes is None and m.device_peak_bytes is None):
+                continue
+            rows.append([r.setting, phase, _b(m.peak_bytes), _b(m.reserved_peak_bytes), _b(m.device_peak_bytes)])
     return head, rows
 
 
@@ -143,10 +195,16 @@ def _offload_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
                 _b(o.cpu_bytes),
                 _b(o.disk_bytes),
                 _ms(o.median_ms),
-                "—" if o.slowdown is None else f"{o.slowdown:.2f}×",
+                "—" if o.slowdown is None else f"{sig3(o.slowdown)}×",
             ]
         )
     return head, rows
+
+
+def _without_empty_columns(head: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """Drop columns with no value in any row (GPU-only ones on CPU); the setting and first value stay."""
+    keep = [i for i in range(len(head)) if i < 2 or any(row[i] not in ("—", "") for row in rows)]
+    return [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
 def _sections(report: ProfileReport) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
@@ -161,20 +219,27 @@ def _sections(report: ProfileReport) -> list[tuple[str, tuple[list[str], list[li
     ]
     if report.train != "none":
         sections.append((f"Training step ({train}; forward + backward + AdamW)", _train_rows(report)))
+    device_peaks = _device_peak_rows(report)
+    if device_peaks[1]:
+        sections.append(("GPU memory peaks (allocated, reserved by the caching allocator, whole device)", device_peaks))
     offload = _offload_rows(report)
     if offload[1]:
         sections.append(("CPU offload (accelerate device map under the GPU budget)", offload))
-    return sections
+    return [(title, _without_empty_columns(*table)) for title, table in sections]
 
 
-def _table(title: str, head: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title, title_style="bold", title_justify="left")
+def _table(title: str, head: list[str], rows: list[list[str]], *, labels: int = 1) -> Group:
+    """A bold title line (never wrapped to the table's width) over the table. The first `labels`
+    columns are names (left-aligned), the others numbers (right-aligned); from the third on, cells
+    never wrap, while the second may, as it holds a failed setting's reason."""
+    table = Table()
     for i, name in enumerate(head):
-        table.add_column(name, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
+        justify = "left" if i < labels else "right"
+        table.add_column(name, justify=justify, style="bold" if i == 0 else None, no_wrap=i >= 2)
     for cells in rows:
         failed = any(c.startswith("failed") for c in cells[1:2])
         table.add_row(*cells, style="red" if failed else None)
-    return table
+    return Group(Text(title, style="bold"), table)
 
 
 def breakdown_chart(report: ProfileReport) -> Group | None:
@@ -193,20 +258,32 @@ def breakdown_chart(report: ProfileReport) -> Group | None:
             line.append(char * cells, style=style)
         line.append(f" {_b(r.train.peak_bytes)}")
         lines.append(line)
-    legend = Text("")
-    for kind, (char, style) in BREAKDOWN_STYLES.items():
-        legend.append(f"{char * 2} {kind}  ", style=style)
-    lines.append(legend)
+    lines += _legend_lines()
     for r in rows:
         parts = ", ".join(f"{kind} {_b(n)}" for kind, n in r.train.breakdown.items())
         lines.append(Text(f"{r.setting}: {parts}", style="dim"))
     return Group(*lines)
 
 
+def _legend_lines(width: int = LEGEND_WIDTH) -> list[Text]:
+    """The glyph of each kind and its name, packed into lines of at most `width` cells, so no
+    terminal of that width splits an entry."""
+    lines, line = [], Text("")
+    for kind, (char, style) in BREAKDOWN_STYLES.items():
+        entry = f"{char * 2} {kind}"
+        if line.cell_len and line.cell_len + 2 + len(entry) > width:
+            lines.append(line)
+            line = Text("")
+        if line.cell_len:
+            line.append("  ")
+        line.append(entry, style=style)
+    return [*lines, line]
+
+
 def profile_renderables(report: ProfileReport) -> Group:
     parts: list = [Text(_title(report), style="bold")]
     for title, (head, rows) in _sections(report):
-        parts += [Text(""), _table(title, head, rows)]
+        parts += [Text(""), _table(title, head, rows, labels=2 if head[1] == "phase" else 1)]
     chart = breakdown_chart(report)
     if chart is not None:
         parts += [Text(""), chart]
@@ -218,6 +295,9 @@ def profile_renderables(report: ProfileReport) -> Group:
 
 def _notes(report: ProfileReport) -> list[str]:
     notes = list(report.notes)
+    for r in report.settings:
+        if r.error and failed_phase(r) not in TABLE_PHASES:  # e.g. the offloaded load: no table cell says it
+            notes.append(f"{r.setting} failed: {r.error}")
     notes.append(f"weights: {report.weights}")
     env = report.env
     versions = ", ".join(
@@ -269,15 +349,30 @@ def render_profile_md(report: ProfileReport) -> str:
 # ---------------------------------------------------------------------------------------------
 # compare
 
+# metric path -> (label, formatter): times in ms with 2 decimals, bytes in binary units, FLOP/s adaptive
+COMPARE_METRICS = {
+    "load.load_s": ("load time (s)", lambda x: f"{x:,.2f}"),
+    "load.true_bytes": ("load true bytes", lambda x: _b(int(x))),
+    "load.peak_bytes": ("load peak", lambda x: _b(int(x))),
+    "forward.median_ms": ("forward median (ms)", _ms),
+    "forward.tokens_per_s": ("forward tokens/s", _rate),
+    "forward.peak_bytes": ("forward peak", lambda x: _b(int(x))),
+    "train.median_ms": ("train step median (ms)", _ms),
+    "train.tokens_per_s": ("train tokens/s", _rate),
+    "train.tflops": ("train FLOP/s", flops_per_s),
+    "train.peak_bytes": ("train peak", lambda x: _b(int(x))),
+}
 
-def _ratio(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}×"
+
+def metric_label(metric: str) -> str:
+    return COMPARE_METRICS.get(metric, (metric, None))[0]
 
 
 def _cmp_value(metric: str, value: float | None) -> str:
     if value is None:
         return "—"
-    return _b(int(value)) if metric.endswith("bytes") else f"{value:,.4g}"
+    formatter = COMPARE_METRICS.get(metric, (None, sig3))[1]
+    return formatter(value)
 
 
 COMPARE_HEAD = ["setting", "metric", "A", "B", "B / A"]
@@ -285,7 +380,13 @@ COMPARE_HEAD = ["setting", "metric", "A", "B", "B / A"]
 
 def _compare_rows(comparison: ProfileComparison) -> list[list[str]]:
     return [
-        [row.setting, row.metric, _cmp_value(row.metric, row.a), _cmp_value(row.metric, row.b), _ratio(row.ratio)]
+        [
+            row.setting,
+            metric_label(row.metric),
+            _cmp_value(row.metric, row.a),
+            _cmp_value(row.metric, row.b),
+            _ratio(row.ratio),
+        ]
         for row in comparison.rows
     ]
 
@@ -294,7 +395,7 @@ def compare_renderables(comparison: ProfileComparison) -> Group:
     parts: list = [
         Text(f"A: {comparison.a_title}", style="bold"),
         Text(f"B: {comparison.b_title}", style="bold"),
-        _table("Side by side", COMPARE_HEAD, _compare_rows(comparison)),
+        _table("Side by side", COMPARE_HEAD, _compare_rows(comparison), labels=2),
     ]
     parts += [Text(f"• {n}", style="dim") for n in comparison.notes]
     return Group(*parts)
