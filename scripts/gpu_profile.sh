@@ -18,11 +18,13 @@ run() {  # run NAME ARGS...: profile, save JSON, render Markdown; a failing run 
   local name=$1; shift
   local json="reports/profile-${name}-${GPU}-${STAMP}.json"
   echo "== $name: memprof profile $*" >&2
-  if "$PY" -m memprof profile "$@" --device cuda --out "$json" --format md > "${json%.json}.md"; then
-    echo "   wrote $json and ${json%.json}.md" >&2
-  else
-    echo "   FAILED (exit $?): see above; partial results, if any, are in $json" >&2
-  fi
+  local rc=0
+  "$PY" -m memprof profile "$@" --device cuda --out "$json" --format md > "${json%.json}.md" || rc=$?
+  case $rc in
+    0) echo "   wrote $json and ${json%.json}.md" >&2 ;;
+    1) echo "   some settings failed (their rows say why); wrote $json and ${json%.json}.md" >&2 ;;
+    *) echo "   FAILED (exit $rc): see above; partial results, if any, are in $json" >&2 ;;
+  esac
 }
 
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())"
