@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from memprof.footprint import FootprintReport, SettingFootprint
+from memprof.report.common import md_table, render_html, render_text
 from memprof.report.units import count, human_bytes, percent
 
 
@@ -98,32 +97,23 @@ def footprint_renderables(report: FootprintReport) -> Group:
 
 
 def render_footprint_table(report: FootprintReport, *, width: int = 140, color: bool = False) -> str:
-    buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system="standard" if color else None)
-    console.print(footprint_renderables(report))
-    return buf.getvalue()
+    return render_text(footprint_renderables(report), width=width, color=color)
 
 
 def render_footprint_html(report: FootprintReport) -> str:
-    console = Console(record=True, width=160, file=io.StringIO())
-    console.print(footprint_renderables(report))
-    return console.export_html(inline_styles=True)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return render_html(footprint_renderables(report), width=160)
 
 
 def render_footprint_md(report: FootprintReport) -> str:
     lines = [f"## {_title(report)}", ""]
-    lines += _md_table(
+    lines += md_table(
         PREDICTION_HEAD + ["true bytes (exact)"],
         [_prediction_cells(r) + [count(r.true_bytes)] for r in report.settings],
     )
     lines.append("")
     if report.weights:
         lines += [f"### Measured on {report.device}: {report.weights}, one fresh process per setting", ""]
-        lines += _md_table(MEASURED_HEAD, [_measured_cells(r) for r in report.settings])
+        lines += md_table(MEASURED_HEAD, [_measured_cells(r) for r in report.settings])
         lines.append("")
     lines += [f"- {note}" for note in report.notes]
     return "\n".join(lines) + "\n"

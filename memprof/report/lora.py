@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from memprof.lora import LoraReport, LoraSweep, ModuleParams
+from memprof.report.common import md_table, render_html, render_text
 from memprof.report.units import count, human_bytes
 
 KIND_SUFFIX = {"lora": "", "modules_to_save": " (full copy)", "bias": "", "other": ""}
@@ -203,32 +202,23 @@ def lora_renderables(result: LoraReport | LoraSweep) -> Group:
 
 
 def render_lora_table(result: LoraReport | LoraSweep, *, width: int = 100, color: bool = False) -> str:
-    buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system="standard" if color else None)
-    console.print(lora_renderables(result))
-    return buf.getvalue()
+    return render_text(lora_renderables(result), width=width, color=color)
 
 
 def render_lora_html(result: LoraReport | LoraSweep) -> str:
-    console = Console(record=True, width=120, file=io.StringIO())
-    console.print(lora_renderables(result))
-    return console.export_html(inline_styles=True)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return render_html(lora_renderables(result), width=120)
 
 
 def render_lora_md(result: LoraReport | LoraSweep) -> str:
     if isinstance(result, LoraSweep):
         first = result.rows[0]
         lines = [f"## {_title(first)}", "", *[f"{line}  " for line in _sweep_lines(result)], ""]
-        lines += _md_table(_sweep_head(result), sweep_rows(result))
+        lines += md_table(_sweep_head(result), sweep_rows(result))
     else:
         first = result
         lines = [f"## {_title(result)}", "", f"{_config_line(result)}  ", _targets_line(result), ""]
-        lines += _md_table(MODULE_HEAD, module_rows(result))
-        lines += ["", *_md_table(["", ""], summary_rows(result))]
+        lines += md_table(MODULE_HEAD, module_rows(result))
+        lines += ["", *md_table(["", ""], summary_rows(result))]
     lines.append("")
     lines += [f"- {note}" for note in _notes(first)]
     return "\n".join(lines) + "\n"

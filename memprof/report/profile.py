@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import math
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from memprof.profile import ProfileComparison, ProfileReport, SettingProfile
+from memprof.report.common import md_table, render_html, render_text
 from memprof.report.units import human_bytes, percent
 
 # one glyph and one colour per kind, so the bar reads without colour too (piped, --format md)
@@ -314,30 +314,22 @@ def _notes(report: ProfileReport) -> list[str]:
 
 
 def render_profile_text(report: ProfileReport, *, width: int = 140) -> str:
-    buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None).print(profile_renderables(report))
-    return buf.getvalue()
+    return render_text(profile_renderables(report), width=width)
 
 
 def render_profile_html(report: ProfileReport) -> str:
-    console = Console(record=True, width=160, file=io.StringIO())
-    console.print(profile_renderables(report))
-    return console.export_html(inline_styles=True)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return render_html(profile_renderables(report), width=160)
 
 
 def render_profile_md(report: ProfileReport) -> str:
     lines = [f"## {_title(report)}", ""]
     for title, (head, rows) in _sections(report):
-        lines += [f"### {title}", ""] + _md_table(head, rows) + [""]
+        lines += [f"### {title}", ""] + md_table(head, rows) + [""]
     rows = [r for r in report.settings if r.train is not None and r.train.breakdown]
     if rows:
         kinds = list(rows[0].train.breakdown)
         lines += ["### Training peak by kind", ""]
-        lines += _md_table(
+        lines += md_table(
             ["setting"] + kinds + ["peak"],
             [[r.setting] + [_b(r.train.breakdown.get(k)) for k in kinds] + [_b(r.train.peak_bytes)] for r in rows],
         )
@@ -403,12 +395,10 @@ def compare_renderables(comparison: ProfileComparison) -> Group:
 
 def render_compare_md(comparison: ProfileComparison) -> str:
     lines = [f"- A: {comparison.a_title}", f"- B: {comparison.b_title}", ""]
-    lines += _md_table(COMPARE_HEAD, _compare_rows(comparison)) + [""]
+    lines += md_table(COMPARE_HEAD, _compare_rows(comparison)) + [""]
     lines += [f"- {n}" for n in comparison.notes]
     return "\n".join(lines) + "\n"
 
 
 def render_compare_html(comparison: ProfileComparison) -> str:
-    console = Console(record=True, width=160, file=io.StringIO())
-    console.print(compare_renderables(comparison))
-    return console.export_html(inline_styles=True)
+    return render_html(compare_renderables(comparison), width=160)

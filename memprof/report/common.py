@@ -1,0 +1,23 @@
+"""What every renderer shares: rich renderables to plain text or HTML, and Markdown tables."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+
+def render_text(renderable, *, width: int, color: bool = False) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system="standard" if color else None).print(renderable)
+    return buf.getvalue()
+
+
+def render_html(renderable, *, width: int) -> str:
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(renderable)
+    return console.export_html(inline_styles=True)
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
