@@ -30,11 +30,23 @@ from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import resolve_model
 from memprof.predict import predict_setting, tensor_bytes
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
-from memprof.simulate import OPTIMIZERS, TASKS, PhasePeak, Simulation, StepSpec, simulate_model
+from memprof.simulate import (
+    OPTIMIZERS,
+    TASKS,
+    PhasePeak,
+    Simulation,
+    StepSpec,
+    max_positions,
+    seq_ranges,
+    simulate_model,
+    sliding_window,
+)
 from memprof.step import DEFAULT_LORA_R, default_alpha
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 MAX_SWEEP_BATCH = 1 << 20
+MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
+FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
 
 
 @dataclass(frozen=True)
@@ -60,13 +72,14 @@ class GpuPlan:
     memory_bytes: int
     context_bytes: int
     context_measured: bool
+    context_given: bool  # the context figure came from the user's --gpu-file
     required_bytes: int  # breakdown total + context
     fits: bool  # the step fits in memory_bytes without offload
     verdict: str  # "fits", "offload" (fits with CPU offload of offload_bytes) or "no"
     offload_bytes: int
     headroom_bytes: int  # memory_bytes - required_bytes (negative: short by)
-    max_batch: int  # at the given seq (0: not even batch 1)
-    max_seq: int  # at the given batch (0: not even 1 token; capped at the model's max positions)
+    max_batch: int  # at the given seq (0: not even batch 1); from the fitted polynomial
+    max_seq: int  # at the given batch (0: not even 1 token; capped at the model's max positions); fitted
     max_seq_capped: bool
     step_s: float | None  # roofline estimate
     step_bound: str  # "compute" or "memory"
@@ -98,6 +111,7 @@ class PlanReport:
     flops_per_step: int  # per GPU, counted exactly (FlopCounterMode on the simulated step)
     tokens_per_step: int  # all GPUs
     fit_error_bytes: int  # fitted polynomial vs direct simulation at a point it was not fitted on
+    max_positions: int | None  # the model's position limit (prompt + new tokens); None: unbounded
     from_cache: bool
     gpus: tuple[GpuPlan, ...]
     cheapest: str | None
@@ -122,6 +136,20 @@ def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, sha
         )
     if task == "qlora" and not setting.quantized:
         raise PlanOptionError(f"--task qlora needs a quantized setting (nf4-dq, nf4, fp4, int8), not {setting.name}")
+
+
+def _check_positions(task: str, seq: int, new_tokens: int, limit: int | None) -> None:
+    """The rule of `memprof profile` (profile._check_options): no sequence beyond the model's positions;
+    for inference the generated tokens count too."""
+    if limit is None:
+        return
+    if task == "infer" and new_tokens and seq + new_tokens > limit:
+        raise PlanOptionError(
+            f"--seq {seq} + --new-tokens {new_tokens} = {seq + new_tokens:,} is longer than the model's "
+            f"{limit} positions; use --seq + --new-tokens <= {limit}"
+        )
+    if seq > limit:
+        raise PlanOptionError(f"--seq {seq} is longer than the model's {limit} positions; use --seq <= {limit}")
 
 
 def _layer_weight_bytes(inventory: Inventory, setting: Setting) -> int:
@@ -209,11 +237,10 @@ def _roofline_s(flops: int, bd: Breakdown, gpu: catalog.Gpu, task: str, new_toke
     return (compute_s, "compute") if compute_s >= memory_s else (memory_s, "memory")
 
 
-def _max_int(ok, hi: int) -> int:
-    """Largest x in [1, hi] with ok(x) (ok monotone decreasing); 0 if none."""
-    if not ok(1):
-        return 0
-    lo = 1
+def _max_int(ok, hi: int, lo: int = 1) -> int:
+    """Largest x in [lo, hi] with ok(x) (ok monotone decreasing); lo - 1 if none."""
+    if not ok(lo):
+        return lo - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ok(mid):
@@ -287,6 +314,8 @@ def plan(
     table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))
 
     resolved = resolve_model(model, allow_download=allow_download)
+    limit = max_positions(resolved.config)
+    _check_positions(task, seq, new_tokens, limit)
     inventory = inventory_for(resolved, trust_remote_code=trust_remote_code)
     sim_task = "lora" if task == "qlora" else task
     lora_r = parse_rank(lora_r)
@@ -324,12 +353,38 @@ def plan(
     breakdown = _peak(fitted.direct, ctx)
     unsharded = _peak(fitted.direct, replace(ctx, num_gpus=1, shard="none")).total_bytes
     tokens = batch * (seq + spec.new_tokens) * num_gpus
-    max_positions = int(resolved.config.get("max_position_embeddings") or resolved.config.get("n_positions") or 1 << 20)
+    # the longest prompt the sweep may reach: the model's positions less the tokens generated after it
+    seq_cap = MAX_SWEEP_SEQ if limit is None else limit - spec.new_tokens
+    # the prompt lengths one fit holds for (a sliding window splits them in two): the fit of another
+    # range is simulated when the max-seq sweep gets there
+    ranges = seq_ranges(resolved.config, spec.new_tokens)
+    fits = {fitted.seq_range: fitted}
 
-    def total_at(b: int, s: int) -> int:
+    def fit_for(seq_range: tuple[int, int]):
+        if seq_range not in fits:
+            fits[seq_range] = simulate_model(
+                resolved.config,
+                spec,
+                batch=batch,
+                seq=seq_range[0],
+                trust_remote_code=trust_remote_code,
+                use_cache=use_cache,
+            )
+        return fits[seq_range]
+
+    def total_at(b: int, s: int, model_fit=fitted) -> int:
         if (b, s) == (batch, seq):
             return breakdown.total_bytes
-        return _peak(fitted.fit.at(b, s), ctx).total_bytes
+        return _peak(model_fit.at(b, s), ctx).total_bytes
+
+    def max_seq_under(cap: int) -> int:
+        best = 0
+        for lo, hi in ranges:
+            model_fit = fit_for((lo, hi))
+            best = _max_int(lambda s, mf=model_fit: total_at(batch, s, mf) <= cap, hi, lo)
+            if best < hi:
+                break
+        return best
 
     rows = []
     for gpu in table:
@@ -343,7 +398,7 @@ def plan(
             offload = -headroom if verdict == "offload" else 0
         budget = gpu.memory_bytes - gpu.context_bytes
         max_batch = _max_int(lambda b, cap=budget: total_at(b, seq) <= cap, MAX_SWEEP_BATCH)
-        max_seq = _max_int(lambda s, cap=budget: total_at(batch, s) <= cap, max_positions)
+        max_seq = max_seq_under(budget)
         step_s = bound = usd_h = usd_m = None
         if gpu.bf16_dense_tflops > 0:
             step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
@@ -355,6 +410,7 @@ def plan(
                 memory_bytes=gpu.memory_bytes,
                 context_bytes=gpu.context_bytes,
                 context_measured=gpu.context_measured,
+                context_given=gpu.context_given,
                 required_bytes=required,
                 fits=verdict == "fits",
                 verdict=verdict,
@@ -362,14 +418,16 @@ def plan(
                 headroom_bytes=headroom,
                 max_batch=max_batch,
                 max_seq=max_seq,
-                max_seq_capped=max_seq == max_positions,
+                max_seq_capped=max_seq == seq_cap,
                 step_s=step_s,
                 step_bound=bound or "",
                 usd_per_hour=usd_h,
                 usd_per_million_tokens=usd_m,
             )
         )
+    fit_error = max(f.fit_error_bytes for f in fits.values())
     fitting = [r for r in rows if r.fits and r.usd_per_million_tokens is not None]
+    # on the exact float; an exact tie goes to the first card of the table (min keeps the first)
     cheapest = min(fitting, key=lambda r: r.usd_per_million_tokens).name if fitting else None
     rows = [replace(r, cheapest=r.name == cheapest) for r in rows]
     return PlanReport(
@@ -393,33 +451,42 @@ def plan(
         unsharded_total_bytes=unsharded,
         flops_per_step=fitted.direct.flops,
         tokens_per_step=tokens,
-        fit_error_bytes=fitted.fit_error_bytes,
+        fit_error_bytes=fit_error,
+        max_positions=limit,
         from_cache=fitted.from_cache,
         gpus=tuple(rows),
         cheapest=cheapest,
-        notes=_notes(task, chosen_setting, device, fitted, num_gpus, shard, max_positions),
+        notes=_notes(task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows)
+        + _window_note(resolved.config, ranges),
     )
 
 
-def _notes(task, setting, device, fitted, num_gpus, shard, max_positions) -> tuple[str, ...]:
+def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows) -> tuple[str, ...]:
     notes = [
         "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
-        f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}); "
-        f"batch/seq sweeps use a fitted polynomial whose error at an unfitted point is {fitted.fit_error_bytes:,} bytes.",
+        f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}), "
+        "at the given batch and seq.",
+        _fit_note(fit_error, rows),
         "Not in the simulation: CUDA caching-allocator fragmentation and rounding, kernel workspaces (cuBLAS, "
         "flash-attention), CUDA-only kernel choices (SDPA flash/mem-efficient backends are traced as the CPU kernel). "
         "No margin is added for them yet: it is to be measured on a GPU as torch.cuda.max_memory_reserved() minus "
         "the simulated peak (memprof profile --device cuda).",
     ]
-    if device != "cpu":
+    if any(r.verdict == "offload" for r in rows):
         notes.append(
-            "CUDA context: a per-card constant from gpus.json, NOT yet measured by memprof (commonly reported value); "
-            "to be measured on the next GPU session."
+            "offload: does not fit as is, but would with the shortfall (the negative headroom) of frozen weights and "
+            "optimizer states offloaded to the CPU (accelerate / DeepSpeed), one layer staying resident."
+        )
+    if device != "cpu":
+        notes.append(_context_note(rows))
+        notes.append(
+            "step (est.) is a roofline ESTIMATE (max of FLOPs / dense bf16 peak and bytes moved / bandwidth): a lower "
+            "bound, real steps are slower; FLOPs are counted exactly on the simulated step. " + _bound_note(rows)
         )
         notes.append(
-            "step_s is a roofline ESTIMATE (max of FLOPs / dense bf16 peak and bytes moved / bandwidth): a lower "
-            "bound, real steps are slower; FLOPs are counted exactly on the simulated step. Prices are indicative "
-            "on-demand USD/hour (override with --gpu-file), so cost per million tokens is an estimate too."
+            "Prices are indicative on-demand USD/hour (override with --gpu-file), so cost per million tokens is an "
+            "estimate too; ★ marks the cheapest card that fits, compared on unrounded costs (a tie goes to the "
+            "first card in table order)."
         )
         if task != "infer":
             notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
@@ -441,5 +508,63 @@ def _notes(task, setting, device, fitted, num_gpus, shard, max_positions) -> tup
             f"{num_gpus} GPUs, {shard}: {what}; activations, inputs and KV cache are per GPU. Cost is for all "
             f"{num_gpus} cards; tokens per step count every GPU's batch."
         )
-    notes.append(f"max seq is capped at the model's max_position_embeddings ({max_positions:,}).")
+    if limit is None:
+        notes.append(f"The model has no position limit (e.g. ALiBi); max seq is swept up to {MAX_SWEEP_SEQ:,}.")
+    else:
+        less = f" less the {new_tokens:,} new tokens" if new_tokens else ""
+        notes.append(f"max seq is capped at the model's {limit:,} positions{less}; (max) marks the cap.")
     return tuple(notes)
+
+
+def _window_note(config: dict, ranges) -> tuple[str, ...]:
+    if len(ranges) < 2:
+        return ()
+    return (
+        f"Sliding window of {sliding_window(config):,} tokens: from there on transformers builds an explicit "
+        "attention mask (below it SDPA's is_causal does without), so prompts below and from it are fitted "
+        "separately.",
+    )
+
+
+def _fit_note(err: int, rows) -> str:
+    """Where max batch / max seq come from, and whether the fit's error matters for any card."""
+    text = (
+        "max batch and max seq (fit) are read off polynomials in (batch, seq) fitted to simulated steps (every moment "
+        f"of every phase); at a point they were not fitted on they miss the simulation by {err:,} bytes"
+    )
+    large = [r for r in rows if r.memory_bytes > 0 and err > FIT_ERROR_NOTE_FRACTION * r.memory_bytes]
+    if not large:
+        return text + f", under {FIT_ERROR_NOTE_FRACTION:.0%} of every card's memory."
+    worst = max(err / r.memory_bytes for r in large)
+    names = ", ".join(r.name for r in large)
+    return (
+        text + f": up to {worst:.1%} of the memory of {names}, so treat their max batch / max seq as approximate "
+        "and re-plan at that batch or seq for an exact answer."
+    )
+
+
+def _context_note(rows) -> str:
+    shipped = [r.name for r in rows if not r.context_measured and not r.context_given]
+    given = [r.name for r in rows if r.context_given and not r.context_measured]
+    measured = [r.name for r in rows if r.context_measured]
+    parts = []
+    if shipped:
+        parts.append(
+            "a per-card constant from gpus.json, NOT yet measured by memprof (commonly reported value; to be "
+            "measured on the next GPU session)" + ("" if len(shipped) == len(rows) else f" for {', '.join(shipped)}")
+        )
+    if given:
+        parts.append(f"as given in --gpu-file for {', '.join(given)}")
+    if measured:
+        parts.append(f"measured for {', '.join(measured)}")
+    return "CUDA context: " + "; ".join(parts) + "."
+
+
+def _bound_note(rows) -> str:
+    memory = [r.name for r in rows if r.step_bound == "memory"]
+    compute = [r.name for r in rows if r.step_bound == "compute"]
+    if not memory:
+        return "It is compute-bound on every card."
+    if not compute:
+        return "It is memory-bandwidth-bound on every card."
+    return f"It is memory-bandwidth-bound on {', '.join(memory)}; compute-bound on the others."

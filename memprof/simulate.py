@@ -27,12 +27,17 @@ What the simulation cannot see:
 
 Scaling: a step's live bytes at any moment are sums of tensors whose sizes are products of
 {1, b} and {1, s, s^2} (batch appears at most once in a shape, sequence at most twice: attention
-scores and masks), so each phase's peak is exactly a polynomial in the basis FIT_BASIS as long as
-the moment of the peak stays in the same place; `fit_step` solves it from 6 simulated points and
-`StepFit.max_fit_error_bytes` reports its error at points it was not fitted on. Depth: with
-identical layers (or identical groups of `layer_types`), every category of bytes and the FLOPs
-are affine in the layer count, so a 70B model is simulated at 2 and 3 layers (or groups; depth 1 is
-a special case) and extrapolated.
+scores and masks), so each moment's bytes are exactly a polynomial in the basis FIT_BASIS. A
+phase's peak is the largest of its moments, and which moment is largest changes with (b, s) (e.g.
+the logits' grads for long inputs, the embedding's grads for short ones), so `fit` solves every
+moment's polynomial from 6 simulated points (the moments line up: the same ops run at every
+(b, s) >= 2) and takes the largest at the point asked for; moments no (b, s) can make the largest
+are pruned first. Phases are split into regions (`_Regions`: LM head, top and bottom layers,
+embeddings) so that moments line up across depths too. Batch 1 can take other ops than larger
+batches (views instead of copies); it gets its own fit where it does. `ModelFit.fit_error_bytes`
+reports the error at a point the fit was not solved on. Depth: with identical layers (or identical
+groups of `layer_types`), every category of bytes and the FLOPs are affine in the layer count, so a
+70B model is simulated at 2 and 3 layers (or groups; depth 1 is a special case) and extrapolated.
 """
 
 from __future__ import annotations
@@ -40,14 +45,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
 from memprof.inventory import cache_dir, config_key, write_json_atomic
 from memprof.step import apply_lora, enable_grad_checkpointing, make_full_trainable, train_step
 from memprof.step import make_optimizer as step_optimizer
 
-SIM_FORMAT = 2
+SIM_FORMAT = 7
 TASKS = ("infer", "lora", "qlora", "full")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 # Categories of live bytes, the same names as the profiler's breakdown.
@@ -101,6 +107,9 @@ class Simulation:
     phases: tuple[PhasePeak, ...]
     flops: int
     standin_weight_bytes: int = 0  # bf16 bytes of the simulated stand-ins for quantized linears
+    # phase -> series -> one value per moment (the phase's start, then after every op): "total" live
+    # bytes, and where they change within the phase "grads" and "kv_cache"; what StepFit fits
+    moments: dict[str, dict[str, list[int]]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def peak_bytes(self) -> int:
@@ -122,6 +131,7 @@ class Simulation:
             phases=tuple(PhasePeak(**p) for p in data["phases"]),
             flops=data["flops"],
             standin_weight_bytes=data.get("standin_weight_bytes", 0),
+            moments=data.get("moments", {}),
         )
 
 
@@ -167,13 +177,29 @@ def _standin_class():
     import torch
 
     class QuantLinearStandIn(torch.nn.Linear):
-        """A bf16 linear standing in for a bitsandbytes 4-bit/8-bit linear: input cast to the compute
-        dtype, output cast back to the input's dtype, as bnb's Linear4bit.forward does."""
+        """A bf16 linear standing in for a bitsandbytes 4-bit/8-bit linear: input and bias cast to the
+        compute dtype, output cast back to the input's dtype, as bnb's Linear4bit.forward does."""
 
         def forward(self, x):
-            return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+            bias = None if self.bias is None else self.bias.to(self.weight.dtype)
+            return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, bias).to(x.dtype)
 
     return QuantLinearStandIn
+
+
+def _standin_from_conv1d(module, standin):
+    """A stand-in for transformers' Conv1D (weight stored (in, out)), as bitsandbytes' integration
+    replaces it: a linear of in_features x out_features whose weight is the transpose, (out, in)."""
+    import torch
+
+    in_features, out_features = module.weight.shape
+    weight = module.weight
+    with torch.device(weight.device):
+        new = standin(in_features, out_features, bias=module.bias is not None, dtype=weight.dtype)
+    new.weight = torch.nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
+    if module.bias is not None:
+        new.bias = module.bias
+    return new
 
 
 def _fakeify(model, mode, device: str = "cpu") -> None:
@@ -229,9 +255,17 @@ def prepare_step_model(model, spec: StepSpec):
         standin = _standin_class()
         for name in quantizable_linears(model):
             module = model.get_submodule(name)
-            module.__class__ = standin
+            if type(module) is torch.nn.Linear:
+                module.__class__ = standin
+            else:  # GPT-2's Conv1D: bitsandbytes loads it as a linear with the weight transposed to (out, in)
+                module = _standin_from_conv1d(module, standin)
+                model.set_submodule(name, module)
             quantized_weights.add(id(module.weight))
             standin_bytes += module.weight.numel() * module.weight.element_size()
+    if spec.task == "infer":
+        # inference trains nothing: every parameter is a frozen weight (and classified as one)
+        for p in model.parameters():
+            p.requires_grad_(False)
     if spec.task in ("lora", "qlora"):
         if setting.quantized:
             # prepare_model_for_kbit_training on the stand-ins: freeze, cast every unquantized
@@ -266,24 +300,219 @@ def _model_parts(model, optimizer=None) -> dict[str, list]:
     return model_parts(model, optimizer)
 
 
-class _PhaseRecorder:
-    """Per-phase peaks with the breakdown at each peak, on one LiveBytesTracker."""
+def _moment_tracker():
+    """A LiveBytesTracker that calls `on_op()` after every op it counts (the recorder's sampler)."""
+    from memprof.measure.tracker import LiveBytesTracker
 
-    def __init__(self, tracker, categories) -> None:
+    class MomentTracker(LiveBytesTracker):
+        on_op = None
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if self.on_op is not None:
+                self.on_op()
+            return out
+
+    return MomentTracker()
+
+
+def _flop_counter():
+    """A dispatch mode adding up FlopCounterMode's FLOPs (torch's formulas and memprof's for
+    bitsandbytes' matmuls, measure.profile_worker.count_flops) of the ops it sees, in `flops`.
+
+    Unlike FlopCounterMode it does not track modules: that registers grad hooks which hold grads
+    until a module's backward is done, changing the live bytes the tracker counts in the same step.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from memprof.measure.profile_worker import _flop_mapping
+
+    registry = FlopCounterMode(display=False, custom_mapping=_flop_mapping()).flop_registry
+
+    class FlopCount(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    return FlopCount()
+
+
+class _PhaseRecorder:
+    """Per-region peaks with the breakdown at each peak, and every moment's live bytes, on one tracker.
+
+    A phase is one region unless `_Regions` splits it: each kept region's peak and its breakdown
+    become one PhasePeak, and its moments (live bytes at its start and after each op; the peak is
+    their maximum) go to Simulation.moments with the grads and KV-cache bytes where they change.
+    """
+
+    def __init__(self, tracker, categories, *, kv_bytes=None) -> None:
         self.tracker = tracker
-        self.categories = categories  # () -> dict[str, tensors]; called at the end of each phase
+        self.categories = categories  # () -> dict[str, tensors]; called at the end of each region
+        self.kv_bytes = kv_bytes  # () -> KV-cache bytes now (generation), or None
         self.phases: list[PhasePeak] = []
+        self.moments: dict[str, dict[str, list[int]]] = {}
+        self.region: str | None = None  # the region being recorded; None outside a phase
+        self.keep = True
+        self._grads: dict[int, int] = {}  # id(param) -> bytes of its grad, kept by grad hooks
+        self._grads_bytes = 0
+        self._samples: list[tuple[int, int, int]] = []
+        tracker.on_op = self._sample
+
+    def grad_hooks(self, params) -> list:
+        """Hooks that keep the bytes of the grads made so far (what backward's moments hold as grads)."""
+
+        def hook(p) -> None:
+            nbytes = p.grad.untyped_storage().nbytes() if p.grad is not None else 0
+            self._grads_bytes += nbytes - self._grads.get(id(p), 0)
+            self._grads[id(p)] = nbytes
+
+        return [p.register_post_accumulate_grad_hook(hook) for p in params]
+
+    def _sample(self) -> None:
+        if self.region is not None:
+            kv = self.kv_bytes() if self.kv_bytes is not None else 0
+            self._samples.append((int(self.tracker.current_bytes), self._grads_bytes, kv))
+
+    def _start(self, name: str, keep: bool) -> None:
+        self.tracker.reset_peak()
+        self.region, self.keep = name, keep
+        self._samples = []
+        self._sample()
 
     @contextlib.contextmanager
     def phase(self, name: str, held: dict | None = None):
         """`held`: categories taken before the phase (tensors it frees, e.g. zero_grad's grads), kept
         alive until the breakdown is taken so they are classified; released before the next phase."""
-        self.tracker.reset_peak()
+        self._start(name, True)
         yield
+        self._close(held)
+        self.region = None
+
+    def split(self, name: str, *, keep: bool = True) -> None:
+        """End the current region now (its peak and breakdown) and go on recording as region `name`;
+        a region started with keep=False is not recorded."""
+        if self.region is None or self.region == name:
+            return
+        self._close(None)
+        self._start(name, keep)
+
+    def _close(self, held: dict | None) -> None:
+        if not self.keep:
+            return
         breakdown = self.tracker.breakdown_at_peak(held if held is not None else self.categories())
         breakdown["activations_temporaries"] = breakdown.pop("other")
         full = {c: int(breakdown.get(c, 0)) for c in CATEGORIES}
-        self.phases.append(PhasePeak(name, int(self.tracker.peak_bytes), full))
+        self.phases.append(PhasePeak(self.region, int(self.tracker.peak_bytes), full))
+        total, grads, kv = (list(series) for series in zip(*self._samples, strict=True))
+        # a series that does not change within the region is kept as its one value
+        self.moments[self.region] = {
+            name: values if len(set(values)) > 1 else values[:1]
+            for name, values in (("total", total), ("grads", grads), ("kv_cache", kv))
+        }
+
+
+def _decoder_layers(model, count: int):
+    """The ModuleList of the model's `count` decoder layers (all of one class), or None."""
+    import torch
+
+    for module in model.modules():
+        same_class = isinstance(module, torch.nn.ModuleList) and len({type(m) for m in module}) == 1
+        if same_class and count and len(module) == count:
+            return module
+    return None
+
+
+class _Regions:
+    """Split forward and backward into regions whose peak stays at one moment across (batch, seq).
+
+    A phase's peak is the largest of its moments' live bytes. Each moment's bytes is a polynomial in
+    FIT_BASIS, but which moment is the largest can change with (batch, seq), and a maximum of
+    polynomials is not one: e.g. a full fine-tune's backward peaks at the logits' grads (~b*s*vocab)
+    for long inputs and at the embedding's backward (every grad live) for short ones. So the peak is
+    recorded per region and each region is fitted on its own:
+
+    - forward: layers (embeddings and decoder layers; saved activations only grow, so the top layer
+      holds the peak) | forward: lm head (logits and loss)
+    - backward: loss (down to the logits' grad) | backward: lm head | backward: top layers (the last
+      `period` layers, the first ones backward runs through: most activations still live) |
+      backward: bottom layers (the first `period` layers: most grads live) | backward: embeddings
+      (when their output needs a grad).
+
+    The layers between top and bottom are not recorded: with identical layers (or groups of
+    `period` layers) a moment's bytes are affine in the layer's index (activations freed and grads
+    made at a constant rate per layer), so their peak is at most the top's or the bottom's.
+    """
+
+    def __init__(self, model, rec: _PhaseRecorder, *, layers: int = 0, period: int = 1) -> None:
+        self.rec = rec
+        self.head = model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        stack = _decoder_layers(model, layers) if layers >= 2 * period else None
+        # (layer, region its input's grad hook starts): backward reaches a layer's input once it is done with it
+        self.boundaries = []
+        if stack is not None:
+            after_top = "backward: bottom layers" if layers == 2 * period else "backward: middle layers"
+            self.boundaries.append((stack[layers - period], after_top))
+            if layers > 2 * period:
+                self.boundaries.append((stack[period], "backward: bottom layers"))
+        self.after_head = "backward: top layers" if stack is not None else "backward: layers"
+        self.handles: list = []
+
+    def __enter__(self) -> _Regions:
+        if self.head is not None:
+            self.handles.append(self.head.register_forward_pre_hook(self._head_pre))
+            self.handles.append(self.head.register_forward_hook(self._head_post))
+        if self.embed is not None:
+            self.handles.append(self.embed.register_forward_hook(self._embed_post))
+        for layer, region in self.boundaries:
+            self.handles.append(layer.register_forward_pre_hook(self._layer_pre(region), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def first(self, phase: str) -> str:
+        """The name of the phase's first region."""
+        if self.head is None:
+            return phase
+        return "backward: loss" if phase == "backward" else f"{phase}: layers"
+
+    def _in_forward_layers(self) -> bool:
+        return self.rec.region in ("forward: layers", "prefill: layers", "decode: layers")
+
+    def _on_grad(self, tensor, region: str, *, keep: bool = True) -> None:
+        if getattr(tensor, "requires_grad", False):
+            tensor.register_hook(lambda grad: self.rec.split(region, keep=keep))
+
+    def _head_pre(self, module, args) -> None:
+        if not self._in_forward_layers():
+            return
+        self.rec.split(f"{self.rec.region.split(':')[0]}: lm head")
+        self._on_grad(args[0] if args else None, self.after_head)
+
+    def _head_post(self, module, args, out) -> None:
+        if self.rec.region == "forward: lm head":
+            self._on_grad(out, "backward: lm head")
+
+    def _embed_post(self, module, args, out) -> None:
+        if self.rec.region == "forward: layers":
+            self._on_grad(out, "backward: embeddings")
+
+    def _layer_pre(self, region: str):
+        def hook(module, args, kwargs) -> None:
+            if self.rec.region == "forward: layers":  # not the recomputation of gradient checkpointing
+                x = args[0] if args else kwargs.get("hidden_states")
+                self._on_grad(x, region, keep=region != "backward: middle layers")
+
+        return hook
 
 
 @contextlib.contextmanager
@@ -332,15 +561,21 @@ class StepSimulator:
         self.config = with_layers(config, layers)
         self.spec = spec
         self.layers = layers
+        self.period = layer_period(self.config)
         self.vocab = int(self.config.get("vocab_size", 2))
         if real_model is not None:
             self.mode = contextlib.nullcontext()
             self.model, self.standin_bytes = real_model, 0
         else:
             self.mode = FakeTensorMode()
-            self.model, self.standin_bytes = build_step_model(self.config, spec, trust_remote_code=trust_remote_code)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. peft's deprecated is_gradient_checkpointing lookup
+                self.model, self.standin_bytes = build_step_model(
+                    self.config, spec, trust_remote_code=trust_remote_code
+                )
             _fakeify(self.model, self.mode)
         self.optimizer = None
+        self._warmed_up = False
         if spec.task == "infer":
             self.model.eval()
         else:
@@ -355,71 +590,90 @@ class StepSimulator:
             return self._torch.randint(0, self.vocab, (batch, seq))
 
     def run(self, batch: int, seq: int) -> Simulation:
-        from memprof.measure.profile_worker import count_flops
-        from memprof.measure.tracker import LiveBytesTracker
+        """Simulate the step at (batch, seq), counting its FLOPs as it runs.
 
+        Training: the first run on this simulator warms up with one step (AdamW creates its states
+        in it); later runs start from the state the previous one left (params, grads, AdamW states:
+        the same tensors whatever the shape), so each point costs one step.
+        """
         torch = self._torch
         ids = self._ids(batch, seq)
         model, optimizer = self.model, self.optimizer
-        with self.mode, _eager_mask_paths():
+        counter = _flop_counter()
+        with self.mode, _eager_mask_paths(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # transformers/peft deprecations are not the user's business
             if self.spec.task != "infer":
-                train_step(model, optimizer, ids)  # warm-up: AdamW creates its states in the first step
-                with LiveBytesTracker() as tracker:
+                if not self._warmed_up:
+                    train_step(model, optimizer, ids)
+                    self._warmed_up = True
+                with counter, _moment_tracker() as tracker:
                     rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model, optimizer), "inputs": [ids]})
                     tracker.track(*_model_parts(model, optimizer).values(), ids)
                     held = {**_model_parts(model, optimizer), "inputs": [ids]}
                     with rec.phase("zero_grad", held):  # the last moment the previous step's grads are live
                         optimizer.zero_grad(set_to_none=True)
                     held.clear()  # the grads are freed here, before the forward phase
-                    with rec.phase("forward"):
-                        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                    with rec.phase("backward"):
-                        loss.backward()
-                        del loss
+                    hooks = rec.grad_hooks(p for p in model.parameters() if p.requires_grad)
+                    with _Regions(model, rec, layers=self.layers, period=self.period) as regions:
+                        with rec.phase(regions.first("forward")):
+                            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                        with rec.phase(regions.first("backward")):
+                            loss.backward()
+                            del loss
+                    for hook in hooks:
+                        hook.remove()
                     with rec.phase("optimizer"):
                         optimizer.step()
-                flops = count_flops(lambda: train_step(model, optimizer, ids))
+                flops = counter.flops
             elif self.spec.new_tokens == 0:
                 # the profiler's forward: no_grad, no cache, logits for every position
-                with LiveBytesTracker() as tracker:
+                with counter, _moment_tracker() as tracker:
                     rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model), "inputs": [ids]})
                     tracker.track(*_model_parts(model).values(), ids)
-                    with rec.phase("forward"), torch.no_grad():
+                    with (
+                        _Regions(model, rec, layers=self.layers, period=self.period) as regions,
+                        rec.phase(regions.first("forward")),
+                        torch.no_grad(),
+                    ):
                         model(input_ids=ids, use_cache=False)
-
-                def fwd():
-                    with torch.no_grad():
-                        model(input_ids=ids, use_cache=False)
-
-                flops = count_flops(fwd)
+                flops = counter.flops
             else:
-                rec, flops = self._generate(batch, seq, ids)
-        return Simulation(self.layers, batch, seq, tuple(rec.phases), int(flops), self.standin_bytes)
+                rec, flops = self._generate(batch, seq, ids, counter)
+        return Simulation(self.layers, batch, seq, tuple(rec.phases), int(flops), self.standin_bytes, rec.moments)
 
-    def _generate(self, batch: int, seq: int, ids):
+    def _generate(self, batch: int, seq: int, ids, counter):
         """Prefill `seq` tokens into a KV cache, grow the cache by new_tokens - 1, decode one token.
 
         The cache grows through its own `update()` (so sliding-window layers keep what they keep);
         the last decode step, the largest, runs for real. Logits for the last position only, as
         `generate()` asks for them.
         """
-        from memprof.measure.profile_worker import count_flops
-        from memprof.measure.tracker import LiveBytesTracker
+        from transformers import DynamicCache
 
         torch = self._torch
         model = self.model
         state: dict = {}
-        with LiveBytesTracker() as tracker:
+
+        def kv_bytes() -> int:
+            storages = {
+                t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in _cache_tensors(state.get("cache"))
+            }
+            return sum(storages.values())
+
+        with counter, _moment_tracker() as tracker:
             rec = _PhaseRecorder(
                 tracker,
                 lambda: {**_model_parts(model), "inputs": [ids], "kv_cache": _cache_tensors(state.get("cache"))},
+                kv_bytes=kv_bytes,
             )
             tracker.track(*_model_parts(model).values(), ids)
-            with torch.no_grad():
-                with rec.phase("prefill"):
-                    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-                    state["cache"] = out.past_key_values
-                    del out
+            with torch.no_grad(), _Regions(model, rec, layers=self.layers, period=self.period) as regions:
+                # the cache the model would create itself, made first so that its tensors are classified
+                # as KV cache in every region of the prefill
+                state["cache"] = DynamicCache(config=model.config)
+                with rec.phase(regions.first("prefill")):
+                    model(input_ids=ids, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
+                prefill_flops = counter.flops
                 grow = self.spec.new_tokens - 1
                 cache = state["cache"]
                 if grow > 0:
@@ -430,21 +684,12 @@ class StepSimulator:
                             torch.empty(shape, dtype=k.dtype), torch.empty(shape[:3] + (v.shape[3],), dtype=v.dtype), i
                         )
                 step_ids = ids[:, -1:]
-                with rec.phase("decode"):
+                with rec.phase(regions.first("decode")):
                     model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-
-        def prefill():
-            with torch.no_grad():
-                model(input_ids=ids, use_cache=True, logits_to_keep=1)
-
-        def decode():
-            with torch.no_grad():
-                model(input_ids=step_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
         # FLOPs of the whole generation: prefill + new_tokens decode steps, each costed at the last
         # (longest-cache) step: an upper bound within one step's attention FLOPs per token.
-        flops = count_flops(prefill) + self.spec.new_tokens * count_flops(decode)
-        return rec, flops
+        return rec, prefill_flops + self.spec.new_tokens * (counter.flops - prefill_flops)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,64 +722,216 @@ def _basis(b: int, s: int) -> list[int]:
     return [1, b, s, b * s, s * s, b * s * s]
 
 
+# Categories that stay the same through a phase; the others (grads, KV cache, activations) are taken
+# at the phase's peak moment.
+_PHASE_CONSTANT = ("weights", "quant_state", "trainable_params", "optimizer_states", "inputs")
+
+
 @dataclass(frozen=True)
 class StepFit:
-    """Each phase's breakdown and the FLOPs as exact polynomials in FIT_BASIS of (batch, seq)."""
+    """A step's phases as exact polynomials in FIT_BASIS of (batch, seq), at one depth.
+
+    A phase's peak is the largest of its moments' live bytes (Simulation.moments), each of which is
+    exactly such a polynomial; so every moment is fitted and the peak at (batch, seq) is the largest
+    of them there, with that moment's grads and KV cache, the phase's constant categories and the rest
+    as activations. Where the moments do not line up across the fitted simulations (different ops),
+    the phase's peak breakdown is fitted instead, which is exact only while the peak stays at one moment.
+
+    `coefficients` hold for batch >= 2. Batch 1 can differ: some reshapes are views at batch 1 and
+    copies above it (e.g. GPT-2's attention under a 4-bit setting); `batch1` is its own fit then.
+    """
 
     layers: int
     phase_names: tuple[str, ...]
-    coefficients: dict[str, dict[str, list[float]]]  # phase -> category -> FIT_BASIS coefficients
+    coefficients: dict[str, dict[str, list[float]]]  # phase -> category -> FIT_BASIS coefficients (at the peak)
     flops_coefficients: list[float]
     standin_weight_bytes: int
     fit_points: tuple[tuple[int, int], ...]
     max_fit_error_bytes: int = 0  # at the check points (not fitted on)
     check_points: tuple[tuple[int, int], ...] = ()
+    # phase -> series ("total", "grads", "kv_cache") -> (moments x FIT_BASIS) coefficients
+    moment_coefficients: dict = field(default_factory=dict, compare=False, repr=False)
+    batch1: StepFit | None = None
 
     def at(self, batch: int, seq: int) -> Simulation:
-        x = _basis(batch, seq)
+        import numpy as np
 
-        def ev(coefs: list[float]) -> int:
+        if batch == 1 and self.batch1 is not None:
+            return self.batch1.at(batch, seq)
+        x = _basis(batch, seq)
+        xs = np.array(x, dtype=np.float64)
+
+        def ev(coefs) -> int:
             return max(0, round(sum(c * v for c, v in zip(coefs, x, strict=True))))
 
         phases = []
         for name in self.phase_names:
             breakdown = {c: ev(self.coefficients[name][c]) for c in CATEGORIES}
+            moments = self.moment_coefficients.get(name)
+            if moments is not None:
+                totals = moments["total"] @ xs
+                i = int(np.argmax(totals))
+                breakdown = {c: breakdown[c] for c in _PHASE_CONSTANT}
+                breakdown["grads"] = max(0, round(float(moments["grads"][i] @ xs)))
+                breakdown["kv_cache"] = max(0, round(float(moments["kv_cache"][i] @ xs)))
+                breakdown["activations_temporaries"] = max(0, round(float(totals[i])) - sum(breakdown.values()))
+                breakdown = {c: breakdown[c] for c in CATEGORIES}
             phases.append(PhasePeak(name, sum(breakdown.values()), breakdown))
         return Simulation(
             self.layers, batch, seq, tuple(phases), ev(self.flops_coefficients), self.standin_weight_bytes
         )
 
 
-def fit_points(batch: int, seq: int) -> tuple[tuple[int, int], ...]:
-    """Six points that determine the 6-term polynomial: two batches x three sequence lengths, from the
-    requested point upwards (sweeps look for the largest batch / context that fits)."""
+def fit_points(batch: int, seq: int, lo: int = 1, hi: int | None = None) -> tuple[tuple[int, int], ...]:
+    """Six points that determine the 6-term polynomial: two batches (from `batch`, at least 2) x three
+    sequence lengths in [lo, hi] (the range where the step runs the same ops, see `seq_ranges`):
+    from the requested one upwards (sweeps look for the largest batch / context that fits), or
+    downwards where upwards would pass `hi`."""
     s0 = max(4, seq)
     seqs = (s0, 2 * s0, 4 * s0)
-    batches = (batch, batch + 1)
-    return tuple((b, s) for b in batches for s in seqs)
+    if hi is not None and 4 * s0 > hi:
+        below = max(lo, s0 // 4)
+        seqs = (below, (below + s0) // 2, s0) if s0 - below >= 4 else (s0, (s0 + hi) // 2, hi)
+        if len(set(seqs)) < 3:  # a range too narrow for three lengths: fit across it
+            seqs = (s0, 2 * s0, 4 * s0)
+    b0 = max(2, batch)
+    return tuple((b, s) for b in (b0, b0 + 1) for s in seqs)
 
 
-def fit(sims: list[Simulation]) -> StepFit:
-    """Solve the 6-term polynomial of every phase/category from six simulations (exact linear solve)."""
+def check_point(points: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """A point the fit is not solved on, between its two longest sequences and past its batches."""
+    seqs = sorted({s for _, s in points})
+    return (max(b for b, _ in points) + 1, (seqs[-2] + seqs[-1]) // 2 + 1)
+
+
+def max_positions(config: dict) -> int | None:
+    """The longest sequence (prompt + generated tokens) the model is defined for; None if unbounded (ALiBi)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def sliding_window(config: dict) -> int | None:
+    """The attention window of sliding-window layers where it is shorter than the model's positions."""
+    window = config.get("sliding_window")
+    if config.get("use_sliding_window") is False or isinstance(window, bool) or not isinstance(window, int):
+        return None
+    limit = max_positions(config)
+    return window if window > 1 and (limit is None or window < limit) else None
+
+
+def seq_ranges(config: dict, new_tokens: int = 0) -> tuple[tuple[int, int], ...]:
+    """Prompt lengths [lo, hi] within which the step runs the same ops, so that one fit holds.
+
+    transformers builds an explicit attention mask for sliding-window layers once the keys reach
+    the window (below it SDPA's is_causal does), so a sliding window splits the lengths in two.
+    The last range ends at the model's positions less `new_tokens` (or at 2**20 without a limit).
+    """
+    limit = max_positions(config)
+    top = (1 << 20) if limit is None else limit - new_tokens
+    window = sliding_window(config)
+    if window is None or window > top:
+        return ((1, top),)
+    return ((1, window - 1), (window, top))
+
+
+def _lstsq(sims: list[Simulation], values):
+    """FIT_BASIS coefficients through the simulations' values (one column per series): (series x 6)."""
     import numpy as np
 
     a = np.array([_basis(s.batch, s.seq) for s in sims], dtype=np.float64)
+    return np.linalg.lstsq(a, np.asarray(values, dtype=np.float64), rcond=None)[0].T
+
+
+def _moment_fit(sims: list[Simulation], name: str) -> dict | None:
+    """The phase's moments fitted one by one, or None where they do not line up across `sims`."""
+    import numpy as np
+
+    series = [s.moments.get(name) for s in sims]
+    if any(m is None for m in series):
+        return None
+    count = max(len(values) for m in series for values in m.values())
+    out = {}
+    for key in ("total", "grads", "kv_cache"):
+        columns = []
+        for m in series:
+            values = m.get(key, [0])
+            if len(values) not in (1, count):
+                return None
+            columns.append(values * count if len(values) == 1 else values)
+        out[key] = _lstsq(sims, np.array(columns, dtype=np.float64))
+    return out
+
+
+def prune_moments(sims: list[Simulation]) -> list[Simulation]:
+    """The simulations with only the moments that can be a phase's peak at some (batch, seq) >= 1.
+
+    A moment whose fitted bytes are, coefficient by coefficient, at most another's is never larger
+    than it anywhere (every FIT_BASIS term is >= 0): it is dropped, and the fit is unchanged.
+    """
+    import numpy as np
+
+    kept: dict[str, list[int]] = {}
+    for name in sims[0].moments:
+        fitted = _moment_fit(sims, name)
+        if fitted is None:
+            continue
+        # each coefficient as the bytes it adds at the largest fitted point, so that one tolerance
+        # (far below a byte per basis unit, far above the solve's rounding) fits them all
+        scale = np.array(_basis(max(s.batch for s in sims), max(s.seq for s in sims)), dtype=np.float64)
+        totals = fitted["total"] * scale
+        eps = 1e-9 * max(1.0, float(np.abs(totals).max()))
+        # first against the next moment (most ops only allocate), then pairwise among the rest
+        candidates = [i for i in range(len(totals) - 1) if not np.all(totals[i + 1] - totals[i] >= -eps)]
+        candidates.append(len(totals) - 1)
+        t = totals[candidates]
+        diff = t[None, :, :] - t[:, None, :]  # [i, j]: moment j minus moment i
+        covers = np.all(diff >= -eps, axis=2)
+        larger = np.any(diff > eps, axis=2)
+        order = np.arange(len(candidates))
+        dominated = covers & (larger | (order[None, :] > order[:, None]))
+        np.fill_diagonal(dominated, False)
+        kept[name] = [candidates[i] for i in range(len(candidates)) if not dominated[i].any()]
+
+    def pruned(sim: Simulation) -> Simulation:
+        moments = {}
+        for name, series in sim.moments.items():
+            if name not in kept:
+                moments[name] = series
+                continue
+            moments[name] = {k: v if len(v) == 1 else [v[i] for i in kept[name]] for k, v in series.items()}
+        return replace(sim, moments=moments)
+
+    return [pruned(sim) for sim in sims]
+
+
+def fit(sims: list[Simulation], batch1: list[Simulation] = ()) -> StepFit:
+    """Solve the 6-term polynomials of every phase, its moments and the FLOPs from six simulations at
+    batch >= 2 (exact linear solve), and from `batch1` (three batch-1 simulations at three sequence
+    lengths) batch 1's own fit."""
+    sims = list(sims)
     names = tuple(p.phase for p in sims[0].phases)
-
-    def solve(values: list[int]) -> list[float]:
-        return [float(c) for c in np.linalg.lstsq(a, np.array(values, dtype=np.float64), rcond=None)[0]]
-
-    coefficients = {
-        name: {c: solve([s.phases[i].breakdown[c] for s in sims]) for c in CATEGORIES} for i, name in enumerate(names)
-    }
+    coefficients = {}
+    for i, name in enumerate(names):
+        rows = _lstsq(sims, [[s.phases[i].breakdown[c] for c in CATEGORIES] for s in sims])
+        coefficients[name] = {c: [float(v) for v in rows[j]] for j, c in enumerate(CATEGORIES)}
+    moments = {name: m for name in names if (m := _moment_fit(sims, name)) is not None}
     return StepFit(
         layers=sims[0].layers,
         phase_names=names,
         coefficients=coefficients,
-        flops_coefficients=solve([s.flops for s in sims]),
+        flops_coefficients=[float(v) for v in _lstsq(sims, [[s.flops] for s in sims])[0]],
         standin_weight_bytes=sims[0].standin_weight_bytes,
-        fit_points=tuple((s.batch, s.seq) for s in sims),
+        fit_points=tuple((s.batch, s.seq) for s in (*sims, *batch1)),
+        moment_coefficients=moments,
+        batch1=fit(list(batch1)) if batch1 else None,
     )
+
+
+def _peak_error(fitted: Simulation, direct: Simulation) -> int:
+    return max(abs(p.peak_bytes - q.peak_bytes) for p, q in zip(fitted.phases, direct.phases, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,15 +966,21 @@ def _cached(path, compute):
 
 @dataclass(frozen=True)
 class ModelFit:
-    """The step of the whole model as a polynomial in (batch, seq): depth already extrapolated."""
+    """The step of the whole model at any (batch, seq): a fit per simulated depth, extrapolated in depth."""
 
     layers: int
     simulated_layers: tuple[int, ...]
-    fit: StepFit
+    fits: tuple[StepFit, ...]  # one per simulated depth
     direct: Simulation  # extrapolated direct simulation at the requested (batch, seq)
-    fit_error_bytes: int  # |fit - direct| at the requested point, max over phases (not a fit point)
+    fit_error_bytes: int  # |fit - simulation| at points the fit was not solved on, max over phases
     from_cache: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    seq_range: tuple[int, int] = (1, 1 << 20)  # the prompt lengths the fit holds for (seq_ranges)
+
+    def at(self, batch: int, seq: int) -> Simulation:
+        """The fitted step at (batch, seq) with `layers` layers (each depth's fit, extrapolated exactly)."""
+        sims = [f.at(batch, seq) for f in self.fits]
+        return sims[0] if len(sims) == 1 else extrapolate(sims[0], sims[1], self.layers)
 
 
 def simulate_model(
@@ -590,45 +993,78 @@ def simulate_model(
     trust_remote_code: bool = False,
     use_cache: bool = True,
 ) -> ModelFit:
-    """Simulate MODEL's step at reduced depth, extrapolate to `layers` (default: the config's), and fit
-    the (batch, seq) polynomial; checks the fit against a direct simulation at (batch, seq)."""
+    """Simulate MODEL's step at reduced depth, fit each depth's (batch, seq) polynomials, and
+    extrapolate to `layers` (default: the config's); checks the fit against a direct simulation at a
+    point it was not solved on. The requested (batch, seq) is simulated directly.
+
+    Batch 1: when the batch >= 2 fit misses the direct simulation at (1, seq) by more than 1/10,000
+    of a phase's peak, batch 1 gets its own fit in seq (two more points).
+    """
     total_layers = layers if layers is not None else layer_count(config)
     period = layer_period(config)
     # Depth 1 is a special case (e.g. generation's peak moves), so 2 and 3 periods; shallow models directly.
     depths = (2 * period, 3 * period) if total_layers > 3 * period else (total_layers,)
-    points = fit_points(batch, seq)
-    check = (batch + 2, 3 * max(4, seq) + 1)
-    extra = {"depths": list(depths), "points": [list(p) for p in points], "check": list(check)}
+    ranges = seq_ranges(config, spec.new_tokens)
+    lo, hi = next((r for r in ranges if r[0] <= seq <= r[1]), ranges[-1])
+    points = fit_points(batch, seq, lo, hi)
+    check = check_point(points)
+    requested = (batch, max(4, seq))
+    batch1 = tuple((1, s) for s in sorted({s for _, s in points})) if batch == 1 else ()
+    extra = {"depths": list(depths), "points": [list(p) for p in points], "check": list(check), "batch": batch}
     path = _cache_path(config, spec, "fit", extra)
     hit = path.is_file()
 
     def compute() -> dict:
-        per_depth = {}
-        for depth in depths:
-            sim = StepSimulator(config, spec, layers=depth, trust_remote_code=trust_remote_code)
-            per_depth[depth] = [sim.run(b, s).to_json() for b, s in (*points, check)]
-            del sim
-        return {"per_depth": {str(k): v for k, v in per_depth.items()}}
+        simulators = {d: StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code) for d in depths}
+        runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in depths}
+
+        def run_all(wanted) -> None:
+            for depth, simulator in simulators.items():
+                for point in wanted:
+                    if point not in runs[depth]:
+                        runs[depth][point] = simulator.run(*point)
+
+        run_all((requested, *points, check))
+        if batch == 1 and any(_batch1_differs(runs[d], points) for d in depths):
+            run_all(batch1)
+        out = {}
+        for depth, sims in runs.items():
+            # keep only the moments the fits need (see prune_moments): the cache stays small
+            groups = [list(points)] + ([list(batch1)] if batch1 and all(p in sims for p in batch1) else [])
+            kept = {}
+            for group in groups:
+                kept.update(zip(group, prune_moments([sims[p] for p in group]), strict=True))
+            out[str(depth)] = [kept.get(p, replace(sim, moments={})).to_json() for p, sim in sims.items()]
+        return {"per_depth": out}
 
     data = _cached(path, compute) if use_cache else compute()
-    lo = [Simulation.from_json(d) for d in data["per_depth"][str(depths[0])]]
-    if len(depths) == 1:
-        full = lo
-    else:
-        hi = [Simulation.from_json(d) for d in data["per_depth"][str(depths[1])]]
-        full = [extrapolate(a, b, total_layers) for a, b in zip(lo, hi, strict=True)]
-    step_fit = fit(full[:-1])
-    check_sim = full[-1]
-    fitted = step_fit.at(*check)
-    err = max(abs(p.peak_bytes - q.peak_bytes) for p, q in zip(fitted.phases, check_sim.phases, strict=True))
-    step_fit = StepFit(**{**step_fit.__dict__, "max_fit_error_bytes": err, "check_points": (check,)})
-    direct_index = points.index((batch, max(4, seq))) if (batch, max(4, seq)) in points else None
-    direct = full[direct_index] if direct_index is not None and seq >= 4 else step_fit.at(batch, seq)
-    return ModelFit(
-        layers=total_layers,
-        simulated_layers=depths,
-        fit=step_fit,
-        direct=direct,
-        fit_error_bytes=err,
-        from_cache=hit,
+    per_depth = [
+        {(d["batch"], d["seq"]): Simulation.from_json(d) for d in data["per_depth"][str(depth)]} for depth in depths
+    ]
+    own_batch1 = bool(batch1) and all(p in per_depth[0] for p in batch1)
+    fits = tuple(fit([sims[p] for p in points], [sims[p] for p in batch1] if own_batch1 else ()) for sims in per_depth)
+
+    def simulated(point) -> Simulation:
+        if len(depths) == 1:
+            return per_depth[0][point]
+        return extrapolate(per_depth[0][point], per_depth[1][point], total_layers)
+
+    model_fit = ModelFit(total_layers, depths, fits, simulated(requested), 0, from_cache=hit, seq_range=(lo, hi))
+    err = _peak_error(model_fit.at(*check), simulated(check))
+    if batch == 1 and not own_batch1:  # batch 1 from the batch >= 2 fit: its error counts too
+        err = max(err, _peak_error(model_fit.at(*requested), simulated(requested)))
+    fits = tuple(replace(f, max_fit_error_bytes=err, check_points=(check,)) for f in fits)
+    direct = simulated(requested) if seq >= 4 else model_fit.at(batch, seq)
+    return replace(model_fit, fits=fits, direct=direct, fit_error_bytes=err)
+
+
+def _batch1_differs(runs: dict[tuple[int, int], Simulation], points) -> bool:
+    """Whether batch 1 is not on the batch >= 2 fit (by more than 1/10,000 of a phase's peak)."""
+    step_fit = fit([runs[p] for p in points])
+    (s0,) = {s for b, s in runs if b == 1}
+    direct = runs[(1, s0)]
+    fitted = step_fit.at(1, s0)
+    return any(
+        abs(p.peak_bytes - q.peak_bytes) * 10_000 > q.peak_bytes
+        for p, q in zip(fitted.phases, direct.phases, strict=True)
     )

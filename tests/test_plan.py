@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
+from dataclasses import replace
 
 import pytest
+from rich.console import Console
 
+from memprof.catalog import gpus, gpus_with
 from memprof.cli import main
 from memprof.errors import GpuFileError, PlanOptionError
 from memprof.inventory import inventory_for
 from memprof.models import resolve_model
-from memprof.plan import plan
+from memprof.plan import _fit_note, plan
 from memprof.predict import predict_setting
+from memprof.report.plan import plan_renderables, render_plan_md, significant
 from memprof.settings import SETTINGS
 
 
 @pytest.fixture
 def model_dir(tiny_model_dir):
     return str(tiny_model_dir("llama"))
+
+
+def _card(name: str, **fields) -> dict:
+    """A complete new card for a --gpu-file."""
+    card = {"name": name, "memory_mib": 1024, "context_mib": 0, "bf16_dense_tflops": 1, "memory_bandwidth_gbs": 1}
+    return {**card, "usd_per_hour": 1, **fields}
+
+
+@pytest.fixture(scope="module")
+def lora_report(tiny_model_dir, tmp_path_factory):
+    """One LoRA plan over the whole GPU table, shared by the rendering tests (its own cache)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEMPROF_CACHE_DIR", str(tmp_path_factory.mktemp("memprof-cache")))
+        return plan(str(tiny_model_dir("llama")), task="lora", batch=2, seq=16)
 
 
 def test_full_fine_tune_weights_are_predict_true_bytes(model_dir):
@@ -67,8 +87,7 @@ def test_sweeps_are_the_largest_batch_and_seq_that_fit(model_dir, tmp_path):
     probe = plan(model_dir, task="lora", batch=3, seq=16, gpus=("H100",))
     need = probe.breakdown.total_bytes
     gpu_file = tmp_path / "gpus.json"
-    card = {"name": "Tiny", "memory_mib": 1, "bf16_dense_tflops": 1, "memory_bandwidth_gbs": 1, "usd_per_hour": 1}
-    gpu_file.write_text(json.dumps({"gpus": [card]}))
+    gpu_file.write_text(json.dumps({"gpus": [_card("Tiny", memory_mib=1)]}))
     report = plan(model_dir, task="lora", batch=1, seq=16, gpus=("Tiny",), gpu_file=gpu_file)
     row = report.gpus[0]
     assert row.memory_bytes == 2**20 and row.context_bytes == 0
@@ -81,9 +100,11 @@ def test_cpu_device_plans_against_this_machine_with_cpu_defaults(model_dir):
     assert report.gpus[0].context_bytes == 0 and report.gpus[0].fits
 
 
-def test_json_has_every_number(model_dir, capsys):
+def test_json_has_every_number_and_stderr_stays_empty(model_dir, capsys):
     assert main(["plan", model_dir, "--task", "lora", "--batch", "2", "--seq", "16", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no spinner when stderr is not a terminal, no transformers/peft warnings
+    data = json.loads(captured.out)
     assert {"model", "task", "setting", "batch", "seq", "breakdown", "gpus", "cheapest"} <= set(data)
     assert {"weights_bytes", "activations_bytes", "total_bytes"} <= set(data["breakdown"])
     row = data["gpus"][0]
@@ -156,3 +177,159 @@ def test_gpus_command_lists_the_catalog(capsys):
         "MI300X",
     ):
         assert name in names
+
+
+def test_qlora_plans_a_conv1d_model_like_gpt2(tiny_model_dir):
+    model_dir = str(tiny_model_dir("gpt2"))
+    report = plan(model_dir, task="qlora", batch=2, seq=16, gpus=("T4",))
+    inv = inventory_for(resolve_model(model_dir))
+    fp32_rest = predict_setting(inv, replace(SETTINGS["nf4-dq"], dtype="float32"))
+    assert report.breakdown.weights_bytes == fp32_rest.true_bytes
+    assert report.breakdown.trainable_params_bytes > 0 and report.gpus[0].fits
+
+
+def test_inference_counts_the_model_as_weights_not_trainable(model_dir):
+    report = plan(model_dir, task="infer", batch=2, seq=16, gpus=("T4",))
+    inv = inventory_for(resolve_model(model_dir))
+    assert report.breakdown.trainable_params_bytes == 0
+    assert report.breakdown.weights_bytes == predict_setting(inv, SETTINGS["bf16"]).true_bytes
+    assert "trainable" not in _render(report)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"seq": 129}, "--seq 129 is longer than the model's 128 positions; use --seq <= 128"),
+        ({"task": "infer", "seq": 100, "new_tokens": 29}, "--seq 100 + --new-tokens 29 = 129 is longer"),
+    ],
+)
+def test_sequences_beyond_the_model_positions_are_rejected(model_dir, kwargs, fragment):
+    with pytest.raises(PlanOptionError, match=re.escape(fragment)):
+        plan(model_dir, **kwargs)
+
+
+def test_sequence_beyond_the_model_positions_is_one_line_and_exit_2(model_dir, capsys):
+    assert main(["plan", model_dir, "--task", "infer", "--seq", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "longer than the model's 128 positions" in err
+
+
+def _render(report, width: int = 100) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(plan_renderables(report))
+    return console.file.getvalue()
+
+
+def test_table_fits_100_columns_one_line_per_gpu_and_whole_headers(lora_report):
+    text = _render(lora_report)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "…" not in text
+    for g in lora_report.gpus:
+        row = next(line for line in text.splitlines() if line.startswith(g.name))
+        assert "$" + significant(g.usd_per_hour) in row  # the whole row on one line
+    assert "max batch" in text and "(fit)" in text
+
+
+def test_small_costs_and_step_times_show_significant_digits(lora_report):
+    assert significant(0.000123456) == "0.000123" and significant(12.3456) == "12.3"
+    assert significant(1234.5) == "1,234" or significant(1234.5) == "1,235"
+    text = _render(lora_report)
+    for g in lora_report.gpus:
+        assert significant(g.usd_per_million_tokens) != "0.000"
+        assert "$" + significant(g.usd_per_million_tokens) in text
+        assert significant(g.step_s * 1000) in text
+    markdown = render_plan_md(lora_report)
+    assert "$" + significant(lora_report.gpus[0].usd_per_million_tokens) in markdown
+
+
+def test_near_tie_for_cheapest_is_decided_on_exact_cost_and_printed_apart(model_dir, tmp_path):
+    gpu_file = tmp_path / "gpus.json"
+    cards = [_card("Pricier", usd_per_hour=1.0001), _card("Cheaper", usd_per_hour=1.0)]
+    gpu_file.write_text(json.dumps({"gpus": cards}))
+    report = plan(model_dir, task="lora", batch=2, seq=16, gpus=("Pricier", "Cheaper"), gpu_file=gpu_file)
+    assert report.cheapest == "Cheaper"
+    pricier, cheaper = report.gpus
+    assert cheaper.cheapest and cheaper.usd_per_million_tokens < pricier.usd_per_million_tokens
+    rows = {line.split()[0]: line for line in _render(report).splitlines() if line.startswith(("Pricier", "Cheaper"))}
+    assert rows["Pricier"].split()[-1] != rows["Cheaper"].split()[-1]  # $/M tok printed with enough digits
+
+
+def test_fit_error_above_1_percent_of_a_card_is_called_out_with_its_size(lora_report):
+    small, big = (replace(lora_report.gpus[0], name=n, memory_bytes=m) for n, m in (("Small", 2**30), ("Big", 2**40)))
+    quiet = _fit_note(1000, [small, big])
+    assert "under 1% of every card" in quiet
+    loud = _fit_note(2**28, [small, big])  # 25% of Small, 0.02% of Big
+    assert "268,435,456 bytes" in loud and "25.0% of the memory of Small" in loud and "Big" not in loud
+
+
+BAD_GPU_ENTRIES = [
+    ({**_card("X"), "memory_mib": float("inf")}, "memory_mib must be a finite number > 0"),
+    ({**_card("X"), "bf16_dense_tflops": float("nan")}, "bf16_dense_tflops must be a finite number > 0"),
+    ({**_card("X"), "memory_bandwidth_gbs": True}, "memory_bandwidth_gbs must be a finite number > 0"),
+    ({**_card("X"), "usd_per_hour": 0}, "usd_per_hour must be a finite number > 0"),
+    ({**_card("X"), "usd_per_hour": "1"}, "usd_per_hour must be a finite number > 0"),
+    ({**_card("X"), "context_mib": -1}, "context_mib must be a finite number >= 0"),
+    ({**_card("X"), "context_mib": 1024}, "context_mib (1024) must be less than memory_mib (1024)"),
+    ({**_card("X"), "name": ""}, "name must be a non-empty string"),
+    ({**_card("X"), "name": 3}, "name must be a non-empty string"),
+    ({**_card("X"), "usd_per_hr": 1}, "unknown field usd_per_hr"),
+    ({k: v for k, v in _card("X").items() if k != "context_mib"}, "needs context_mib too"),
+    ({"name": "T4", "context_measured": "yes"}, "context_measured must be true or false"),
+    ("T4", "must be an object"),
+]
+
+
+@pytest.mark.parametrize("entry, fragment", BAD_GPU_ENTRIES)
+def test_every_field_of_a_gpu_file_is_checked_in_one_line_naming_entry_and_field(tmp_path, capsys, entry, fragment):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"gpus": [_card("Fine"), entry]}))
+    assert main(["gpus", "--gpu-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and "gpus[1]" in err
+
+
+def test_huge_number_in_a_gpu_file_is_an_error_not_an_overflow(tmp_path, capsys):
+    path = tmp_path / "w.json"
+    path.write_text(
+        '{"gpus": [{"name": "X", "memory_mib": 1e400, "context_mib": 0, "bf16_dense_tflops": 1, '
+        '"memory_bandwidth_gbs": 1, "usd_per_hour": 1}]}'
+    )
+    assert main(["gpus", "--gpu-file", str(path)]) == 2
+    assert "memory_mib must be a finite number > 0 (total memory in MiB), not Infinity" in capsys.readouterr().err
+
+
+def test_gpu_file_that_is_a_plain_list_gets_the_expected_shape(tmp_path, capsys):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps([_card("X")]))
+    assert main(["gpus", "--gpu-file", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a list" in err and '{"gpus": [' in err and err.count("\n") == 1
+
+
+def test_gpu_file_override_keeps_the_shipped_fields_it_omits(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"gpus": [{"name": "t4", "usd_per_hour": 0.2}]}))
+    shipped = next(g for g in gpus() if g.name == "T4")
+    (t4,) = [g for g in gpus_with(path) if g.name == "T4"]
+    assert t4 == replace(shipped, usd_per_hour=0.2)
+    assert len(gpus_with(path)) == len(gpus())
+
+
+def test_context_from_a_gpu_file_is_labelled_given_not_unmeasured(tmp_path, capsys):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"gpus": [_card("Mine", context_mib=0), {"name": "T4", "usd_per_hour": 0.2}]}))
+    assert main(["gpus", "--gpu-file", str(path)]) == 0
+    out = capsys.readouterr().out
+    mine = next(line for line in out.splitlines() if "Mine" in line)
+    t4 = next(line for line in out.splitlines() if "T4" in line)
+    assert "(given)" in mine and "not measured" not in mine
+    assert "(not" in t4  # the shipped estimate it kept
+
+
+@pytest.mark.parametrize("command", ["gpus", "plan"])
+def test_gpu_file_format_is_documented_in_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for word in ('{"gpus": [ENTRY, ...]}', "memory_mib", "context_mib", "usd_per_hour", "changes only the fields"):
+        assert word in text

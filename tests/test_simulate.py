@@ -9,7 +9,18 @@ import pytest
 from conftest import tiny_config
 
 from memprof.settings import SETTINGS
-from memprof.simulate import StepSimulator, StepSpec, extrapolate, fit, fit_points, with_layers
+from memprof.simulate import (
+    StepSimulator,
+    StepSpec,
+    check_point,
+    extrapolate,
+    fit,
+    fit_points,
+    prune_moments,
+    seq_ranges,
+    simulate_model,
+    with_layers,
+)
 
 BATCH, SEQ = 2, 16
 
@@ -113,3 +124,116 @@ def test_fit_agrees_with_direct_simulation_at_points_it_was_not_fitted_on():
         # covers the few-hundred-byte moves seen across architectures (reported as fit_error_bytes).
         assert abs(fitted.at(b, s).peak_bytes - direct.peak_bytes) <= direct.peak_bytes // 1000
         assert fitted.at(b, s).flops == direct.flops
+
+
+def test_quantized_conv1d_is_simulated_as_a_linear_with_the_weight_out_by_in():
+    """bitsandbytes replaces GPT-2's Conv1D (weight stored (in, out)) by a 4-bit linear of (out, in)."""
+    from memprof.simulate import build_step_model
+
+    model, standin_bytes = build_step_model(tiny_config("gpt2"), StepSpec(task="lora", setting="nf4"))
+    c_attn = model.get_submodule("base_model.model.transformer.h.0.attn.c_attn.base_layer")
+    assert type(c_attn).__name__ == "QuantLinearStandIn"
+    assert (c_attn.in_features, c_attn.out_features) == (40, 120)
+    assert tuple(c_attn.weight.shape) == (120, 40)
+    # c_attn, c_proj, c_fc, mlp.c_proj per layer, in bf16
+    assert standin_bytes == 2 * 2 * (40 * 120 + 40 * 40 + 40 * 160 + 160 * 40)
+
+
+def test_simulated_qlora_step_of_a_conv1d_model_equals_the_real_cpu_step(tiny_model_dir):
+    spec = StepSpec(task="lora", setting="nf4")
+    config = tiny_config("gpt2")
+    fake = StepSimulator(config, spec, layers=2).run(BATCH, SEQ)
+    real_model = _real_prepared(tiny_model_dir, "gpt2", spec)
+    real = StepSimulator(config, spec, layers=2, real_model=real_model).run(BATCH, SEQ)
+    assert fake.phases == real.phases
+    assert fake.flops == real.flops
+
+
+def test_inference_holds_weights_and_no_trainable_parameters():
+    sim = StepSimulator(tiny_config("llama"), StepSpec(task="infer"), layers=2).run(BATCH, SEQ)
+    (forward, *_) = sim.phases
+    assert forward.breakdown["trainable_params"] == 0 and forward.breakdown["weights"] > 0
+
+
+def test_simulation_emits_no_warnings():
+    """transformers/peft deprecation warnings (e.g. is_gradient_checkpointing) stay inside the simulation."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sim = StepSimulator(tiny_config("llama"), StepSpec(task="lora", grad_checkpointing=True), layers=2)
+        sim.run(BATCH, SEQ)
+        before = list(warnings.filters)
+        sim.run(BATCH, SEQ)
+        assert warnings.filters == before  # silenced inside the simulation only, not for the caller
+    assert [str(w.message) for w in caught] == []
+
+
+def test_fit_points_stay_within_the_model_positions_and_include_the_requested_one():
+    points = fit_points(1, 512, hi=1024)
+    assert (2, 512) in points and max(s for _, s in points) <= 1024
+    assert check_point(points)[1] <= 1024 and check_point(points) not in points
+    assert max(s for _, s in fit_points(1, 64, hi=1024)) == 256  # upwards where there is room
+    assert min(s for _, s in fit_points(1, 2047, lo=2047, hi=4096)) == 2047  # not below the range
+
+
+def test_a_sliding_window_splits_the_fitted_lengths_in_two_each_exact():
+    """From the window on, transformers builds an explicit mask (below it SDPA's is_causal does)."""
+    config = tiny_config("phi3")  # window 64, 128 positions
+    spec = StepSpec(task="infer")
+    assert seq_ranges(config) == ((1, 63), (64, 128))
+    sim = StepSimulator(config, spec, layers=2)
+    for seq, (b, s) in ((16, (2, 60)), (64, (3, 120))):
+        model_fit = simulate_model(config, spec, batch=2, seq=seq, use_cache=False)
+        assert model_fit.seq_range[0] <= s <= model_fit.seq_range[1]
+        assert [p.peak_bytes for p in model_fit.at(b, s).phases] == [p.peak_bytes for p in sim.run(b, s).phases]
+
+
+def test_fit_is_exact_far_from_its_points_where_the_peak_moves_between_moments():
+    """Full fine-tune with checkpointing: backward peaks at the embedding's grads (all grads live) for
+    short inputs and at the logits' grads for long ones, and inside each layer the peak moves between
+    the attention and the MLP; fitting every moment keeps the fit exact anyway, also after pruning."""
+    config = tiny_config("llama")
+    sim = StepSimulator(config, StepSpec(task="full", grad_checkpointing=True), layers=2)
+    sims = [sim.run(b, s) for b, s in fit_points(2, 8)]
+    fitted, pruned = fit(sims), fit(prune_moments(sims))
+    for b, s in ((2, 12), (9, 100), (200, 7)):
+        direct = [p.peak_bytes for p in sim.run(b, s).phases]
+        assert [p.peak_bytes for p in fitted.at(b, s).phases] == direct
+        assert [p.peak_bytes for p in pruned.at(b, s).phases] == direct
+    assert fitted.at(9, 100).flops == sim.run(9, 100).flops
+
+
+def test_batch_one_gets_its_own_fit_where_it_is_not_on_the_larger_batches_polynomial():
+    """At batch 1 some reshapes are views, above it copies (GPT-2's attention at nf4)."""
+    config = tiny_config("gpt2")
+    spec = StepSpec(task="lora", setting="nf4")
+    model_fit = simulate_model(config, spec, batch=1, seq=16, use_cache=False)
+    assert model_fit.fits[0].batch1 is not None and model_fit.fit_error_bytes == 0
+    sim = StepSimulator(config, spec, layers=2)
+    for b, s in ((1, 100), (4, 20)):
+        assert [p.peak_bytes for p in model_fit.at(b, s).phases] == [p.peak_bytes for p in sim.run(b, s).phases]
+
+
+def test_a_simulators_result_does_not_depend_on_the_points_it_ran_before():
+    """Only the first run warms up; later runs start from the state the previous one left."""
+    config = tiny_config("llama")
+    spec = StepSpec(task="full", foreach=True)
+    reused = StepSimulator(config, spec, layers=2)
+    reused.run(2, 24)
+    after, fresh = reused.run(3, 40), StepSimulator(config, spec, layers=2).run(3, 40)
+    assert after.phases == fresh.phases and after.moments == fresh.moments and after.flops == fresh.flops
+
+
+def test_flops_counted_during_the_tracked_step_equal_flop_counter_mode():
+    """The simulation's own counter against torch's FlopCounterMode (what profile counts), at nf4 on Conv1D."""
+    from memprof.measure.profile_worker import count_flops
+    from memprof.simulate import _eager_mask_paths
+    from memprof.step import train_step
+
+    config, spec = tiny_config("gpt2"), StepSpec(task="lora", setting="nf4")
+    sim = StepSimulator(config, spec, layers=2)
+    counted = sim.run(BATCH, SEQ).flops
+    ids = sim._ids(BATCH, SEQ)
+    with sim.mode, _eager_mask_paths():
+        assert count_flops(lambda: train_step(sim.model, sim.optimizer, ids)) == counted

@@ -5,11 +5,13 @@ tensors (no GPU, no weights); step time and prices are labelled estimates."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from rich.console import Console
 
 from memprof.commands._common import add_lora_step_args, add_model_args, add_output_args, emit
+from memprof.commands.gpus import GPU_FILE_HELP
 from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
 from memprof.settings import SETTINGS
@@ -39,7 +41,7 @@ class PlanCommand:
         add_lora_step_args(parser)
         parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
-        parser.add_argument("--gpu-file", type=Path, metavar="FILE", help="JSON of GPUs/prices to add or override")
+        parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
         parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")
         parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")
         parser.add_argument(
@@ -50,7 +52,9 @@ class PlanCommand:
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         err = Console(stderr=True)
-        with err.status("simulating the step on fake tensors…"):
+        # a spinner on a terminal only: piped or redirected stderr gets nothing but errors
+        status = err.status("simulating the step on fake tensors…") if err.is_terminal else contextlib.nullcontext()
+        with status:
             report = plan(
                 args.model,
                 task=args.task,

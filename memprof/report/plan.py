@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -24,20 +26,23 @@ BAR_PARTS = (
     ("gathered_layers_bytes", "gathered", "bright_blue"),
 )
 BAR_WIDTH = 72
-VERDICT = {"fits": "fits", "offload": "offload", "no": "does not fit"}
-HEAD = [
+VERDICT = {"fits": "fits", "offload": "offload", "no": "no"}
+# Short headers (units in the header, explanations in the notes) so the table fits 100 columns; the
+# terminal table breaks them in two lines, Markdown keeps one.
+_TABLE_HEAD = (
     "GPU",
-    "memory",
-    "needs",
-    "fit",
-    "headroom",
-    "offload",
-    "max batch",
-    "max seq",
-    "step s (est.)",
+    "memory\nGiB",
+    "needs\nGiB",
+    "fits",
+    "headroom\nGiB",
+    "max batch\n(fit)",
+    "max seq\n(fit)",
+    "step ms\n(est.)",
     "$/h",
-    "$/M tok (est.)",
-]
+    "$/M tok\n(est.)",
+)
+HEAD = tuple(h.replace("\n", " ") for h in _TABLE_HEAD)
+SIGNIFICANT = 3
 
 
 def _title(r: PlanReport) -> str:
@@ -56,30 +61,46 @@ def _title(r: PlanReport) -> str:
     return " · ".join(parts)
 
 
-def _seconds(x: float | None) -> str:
+def significant(x: float | None, digits: int = SIGNIFICANT) -> str:
+    """`x` with `digits` significant digits, never in exponent notation (0.000123, 1.23, 1,235)."""
     if x is None:
         return "—"
-    return f"{x * 1000:,.1f} ms" if x < 1 else f"{x:,.2f} s"
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
 
 
-def _money(x: float | None, digits: int = 2) -> str:
-    return "—" if x is None else f"${x:,.{digits}f}"
+def _cost_digits(r: PlanReport) -> int:
+    """Significant digits for $/M tok: SIGNIFICANT, or more where the cheapest card would otherwise
+    print the same number as another fitting card whose exact cost differs."""
+    costs = [g.usd_per_million_tokens for g in r.gpus if g.fits and g.usd_per_million_tokens is not None]
+    best = min(costs, default=None)
+    digits = SIGNIFICANT
+    while best is not None and digits < 15:
+        if all(significant(c, digits) != significant(best, digits) for c in costs if c != best):
+            break
+        digits += 1
+    return digits
 
 
-def _cells(g: GpuPlan) -> list[str]:
+def _gib(n: int) -> str:
+    return significant(n / 2**30)
+
+
+def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT) -> list[str]:
     seq = "—" if g.max_seq == 0 else f"{g.max_seq:,}" + (" (max)" if g.max_seq_capped else "")
     return [
         g.name + (" ★" if g.cheapest else ""),
-        gib(g.memory_bytes),
-        gib(g.required_bytes),
+        _gib(g.memory_bytes),
+        _gib(g.required_bytes),
         VERDICT[g.verdict],
-        gib(g.headroom_bytes),
-        gib(g.offload_bytes) if g.offload_bytes else "—",
+        _gib(g.headroom_bytes),
         f"{g.max_batch:,}" if g.max_batch else "—",
         seq,
-        _seconds(g.step_s) + (f" {g.step_bound}" if g.step_bound else ""),
-        _money(g.usd_per_hour),
-        _money(g.usd_per_million_tokens, 3),
+        "—" if g.step_s is None else significant(g.step_s * 1000),
+        "—" if g.usd_per_hour is None else "$" + significant(g.usd_per_hour),
+        "—" if g.usd_per_million_tokens is None else "$" + significant(g.usd_per_million_tokens, cost_digits),
     ]
 
 
@@ -106,12 +127,23 @@ def _legend(bd: Breakdown) -> Text:
 
 
 def plan_renderables(r: PlanReport) -> Group:
-    table = Table(title=_title(r), title_style="bold", title_justify="left")
-    for i, name in enumerate(HEAD):
-        table.add_column(name, justify="left" if i in (0, 3) else "right", style="bold" if i == 0 else None)
+    table = Table(
+        title=_title(r),
+        title_style="bold",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for i, name in enumerate(_TABLE_HEAD):
+        table.add_column(
+            name, justify="left" if i in (0, 3) else "right", style="bold" if i == 0 else None, no_wrap=i != 0
+        )
     styles = {"fits": None, "offload": "yellow", "no": "dim"}
+    digits = _cost_digits(r)
     for g in r.gpus:
-        table.add_row(*_cells(g), style="bold green" if g.cheapest else styles[g.verdict])
+        table.add_row(*_cells(g, digits), style="bold green" if g.cheapest else styles[g.verdict])
     bd = r.breakdown
     parts = [
         table,
@@ -138,10 +170,12 @@ def render_plan_md(r: PlanReport) -> str:
     bd = r.breakdown
     lines = [f"## {_title(r)}", ""]
     lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    lines += ["| " + " | ".join(_cells(g)) + " |" for g in r.gpus]
+    lines += ["| " + " | ".join(_cells(g, _cost_digits(r))) + " |" for g in r.gpus]
     lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", ""]
     lines += ["| part | bytes | GiB |", "|---|---|---|"]
-    lines += [f"| {label} | {count(getattr(bd, name))} | {gib(getattr(bd, name))} |" for name, label, _ in BAR_PARTS]
+    training_only = ("trainable_params_bytes", "grads_bytes", "optimizer_states_bytes")
+    parts = [(name, label) for name, label, _ in BAR_PARTS if r.task != "infer" or name not in training_only]
+    lines += [f"| {label} | {count(getattr(bd, name))} | {gib(getattr(bd, name))} |" for name, label in parts]
     lines += [f"| total | {count(bd.total_bytes)} | {gib(bd.total_bytes)} |", ""]
     lines.append(
         f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact); cheapest that fits: {r.cheapest or 'none'}"
