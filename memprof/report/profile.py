@@ -106,62 +106,51 @@ def _missing(row: SettingProfile, phase: str, width: int) -> list[str]:
     return [row.setting, _failed(row, phase) or "—"] + [""] * (width - 2)
 
 
-def _load_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
-    head = ["setting", "load s", "footprint", "true bytes", "peak", "peak RSS"]
+def _phase_rows(report: ProfileReport, phase: str, head: list[str], cells) -> tuple[list[str], list[list[str]]]:
+    """One row per setting: `cells(result)` for the phase's result, or why it is missing."""
     rows = []
     for r in report.settings:
-        m = r.load
-        if m is None:
-            rows.append(_missing(r, "load", len(head)))
-            continue
-        rows.append(
-            [
-                r.setting,
-                f"{m.load_s:,.2f}",
-                _b(m.footprint_bytes),
-                _b(m.true_bytes),
-                _b(m.peak_bytes),
-                _b(m.peak_rss_bytes),
-            ]
-        )
+        m = getattr(r, phase)
+        rows.append(_missing(r, phase, len(head)) if m is None else [r.setting, *cells(m)])
     return head, rows
+
+
+def _load_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
+    head = ["setting", "load s", "footprint", "true bytes", "peak", "peak RSS"]
+    return _phase_rows(
+        report,
+        "load",
+        head,
+        lambda m: [f"{m.load_s:,.2f}", _b(m.footprint_bytes), _b(m.true_bytes), _b(m.peak_bytes), _b(m.peak_rss_bytes)],
+    )
 
 
 def _forward_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
     head = ["setting", "median ms", "IQR ms", "tokens/s", "peak", "peak RSS"]
-    rows = []
-    for r in report.settings:
-        m = r.forward
-        if m is None:
-            rows.append(_missing(r, "forward", len(head)))
-            continue
-        rows.append(
-            [r.setting, _ms(m.median_ms), _ms(m.iqr_ms), _rate(m.tokens_per_s), _b(m.peak_bytes), _b(m.peak_rss_bytes)]
-        )
-    return head, rows
+    return _phase_rows(
+        report,
+        "forward",
+        head,
+        lambda m: [_ms(m.median_ms), _ms(m.iqr_ms), _rate(m.tokens_per_s), _b(m.peak_bytes), _b(m.peak_rss_bytes)],
+    )
 
 
 def _train_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
     head = ["setting", "median ms", "IQR ms", "tokens/s", "FLOP/s", "of peak", "trainable", "peak"]
-    rows = []
-    for r in report.settings:
-        m = r.train
-        if m is None:
-            rows.append(_missing(r, "train", len(head)))
-            continue
-        rows.append(
-            [
-                r.setting,
-                _ms(m.median_ms),
-                _ms(m.iqr_ms),
-                _rate(m.tokens_per_s),
-                flops_per_s(m.tflops),
-                percent(m.peak_fraction),
-                params(m.trainable_params),
-                _b(m.peak_bytes),
-            ]
-        )
-    return head, rows
+    return _phase_rows(
+        report,
+        "train",
+        head,
+        lambda m: [
+            _ms(m.median_ms),
+            _ms(m.iqr_ms),
+            _rate(m.tokens_per_s),
+            flops_per_s(m.tflops),
+            percent(m.peak_fraction),
+            params(m.trainable_params),
+            _b(m.peak_bytes),
+        ],
+    )
 
 
 def _device_peak_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
