@@ -62,14 +62,23 @@ def add_lora_step_args(parser: argparse.ArgumentParser) -> None:
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (same as --format json)")
-    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    # default None, not "table": an explicit --format that contradicts --json must be seen (output_format)
+    parser.add_argument("--format", choices=FORMATS, help="output format (default: table)")
     parser.add_argument(
         "--out", type=Path, metavar="FILE", help="write the output to FILE (atomically) instead of stdout"
     )
 
 
 def output_format(args: argparse.Namespace) -> str:
-    return "json" if args.json else args.format
+    """The chosen format: --json means --format json; --json with another --format is a user error.
+
+    Commands call it first, so a contradiction is one line before any work, not after it."""
+    if args.json and args.format not in (None, "json"):
+        raise MemprofError(
+            f"--json and --format {args.format} contradict each other: give --json (same as --format json) "
+            f"or --format {args.format}, not both"
+        )
+    return "json" if args.json else args.format or "table"
 
 
 def write_atomic(path: Path, text: str) -> None:

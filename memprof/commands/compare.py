@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.commands._common import add_output_args, emit
+from memprof.commands._common import add_output_args, emit, output_format
 
 
 class CompareCommand:
@@ -23,6 +23,7 @@ class CompareCommand:
         from memprof.profile import ProfileReport, compare_reports
         from memprof.report.profile import compare_renderables, render_compare_html, render_compare_md
 
+        output_format(args)  # a --json/--format contradiction is one line before any work
         comparison = compare_reports(ProfileReport.load(args.a), ProfileReport.load(args.b))
         emit(comparison, args, console, table=compare_renderables, md=render_compare_md, html=render_compare_html)
         return 0

@@ -12,7 +12,7 @@ import argparse
 
 from rich.console import Console
 
-from memprof.commands._common import add_model_args, add_output_args, emit
+from memprof.commands._common import add_model_args, add_output_args, emit, output_format
 from memprof.lora import BIAS_MODES, lora_params, lora_sweep, parse_alpha, parse_dropout, parse_rank
 from memprof.report.lora import lora_renderables, render_lora_html, render_lora_md
 from memprof.settings import SETTINGS
@@ -50,6 +50,7 @@ class LoraParamsCommand:
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
+        output_format(args)  # a --json/--format contradiction is one line before any work
         options = dict(
             alpha=parse_alpha(args.alpha),
             target=args.target,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.commands._common import add_lora_step_args, add_model_args, add_output_args, emit
+from memprof.commands._common import add_lora_step_args, add_model_args, add_output_args, emit, output_format
 from memprof.commands.gpus import GPU_FILE_HELP
 from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
@@ -51,6 +51,7 @@ class PlanCommand:
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
+        output_format(args)  # a --json/--format contradiction is one line before any work
         err = Console(stderr=True)
         # a spinner on a terminal only: piped or redirected stderr gets nothing but errors
         status = err.status("simulating the step on fake tensors…") if err.is_terminal else contextlib.nullcontext()

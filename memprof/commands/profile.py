@@ -55,9 +55,7 @@ class ProfileCommand:
             "--timeout", type=float, metavar="S", help="kill a setting's worker after S seconds (> 0); its row says so"
         )
         parser.add_argument("--json", action="store_true", help="print the result JSON (same as --format json)")
-        parser.add_argument(
-            "--format", choices=FORMATS, default="table", help="what to print on stdout (default: table)"
-        )
+        parser.add_argument("--format", choices=FORMATS, help="what to print on stdout (default: table)")
         parser.add_argument(
             "--out",
             type=Path,
@@ -71,6 +69,7 @@ class ProfileCommand:
         from memprof.profile import default_result_path, gpu_budget
         from memprof.report.profile import profile_renderables, render_profile_html, render_profile_md
 
+        output_format(args)  # --json with --format md|html is one line before any setting runs
         if args.threads is not None and args.threads < 1:
             raise ProfileOptionError("--threads must be >= 1")
         budget = args.max_gpu_memory

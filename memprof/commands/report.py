@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.commands._common import add_output_args, emit
+from memprof.commands._common import add_output_args, emit, output_format
 
 
 class ReportCommand:
@@ -28,6 +28,7 @@ class ReportCommand:
         from memprof.footprint import FootprintReport
         from memprof.profile import load_result
 
+        output_format(args)  # a --json/--format contradiction is one line before any work
         report = load_result(args.file)  # either kind, or one line saying what is wrong with the file
         if isinstance(report, FootprintReport):
             from memprof.report.footprint import footprint_renderables, render_footprint_html, render_footprint_md
