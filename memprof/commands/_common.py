@@ -113,11 +113,13 @@ def emit(
     table: Callable,
     md: Callable[[object], str],
     html: Callable[[object], str],
+    as_json: Callable[[object], str] = render_json,
 ) -> None:
-    """Render `result` in the chosen format to stdout or --out. `table` returns a rich renderable."""
+    """Render `result` in the chosen format to stdout or --out. `table` returns a rich renderable;
+    `as_json` defaults to the result dataclass as a dict (memprof.report.jsonout)."""
     fmt = output_format(args)
     if fmt == "json":
-        text = render_json(result) + "\n"
+        text = as_json(result) + "\n"
     elif fmt == "md":
         text = md(result)
     elif fmt == "html":

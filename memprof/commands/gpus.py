@@ -11,6 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from memprof import catalog
+from memprof.catalog import Gpu
+from memprof.commands._common import add_output_args, emit, output_format
+from memprof.report.common import md_table, render_html
 from memprof.report.plan import significant
 from memprof.report.units import gib
 
@@ -22,27 +25,16 @@ GPU_FILE_HELP = (
     "context_measured (true/false), tier_gb, note"
 )
 
+TITLE = "GPUs (prices: indicative on-demand USD/hour; override with --gpu-file)"
+HEAD = ["GPU", "memory", "CUDA context", "usable", "bf16 TFLOP/s", "GB/s", "$/hour", "note"]
 
-class GpusCommand:
-    name = "gpus"
-    help = "list the GPU table (memory, context, bf16 TFLOP/s, bandwidth, indicative $/hour)"
 
-    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
-        parser.add_argument("--json", action="store_true", help="print JSON")
-
-    def run(self, args: argparse.Namespace, console: Console) -> int:
-        table_data = catalog.gpus_with(args.gpu_file)
-        if args.json:
-            rows = [{**dataclasses.asdict(g), "usable_bytes": g.usable_bytes} for g in table_data]
-            print(json.dumps(rows, indent=2))
-            return 0
-        table = Table(title="GPUs (prices: indicative on-demand USD/hour; override with --gpu-file)")
-        for i, name in enumerate(("GPU", "memory", "CUDA context", "usable", "bf16 TFLOP/s", "GB/s", "$/hour", "note")):
-            table.add_column(name, justify="left" if i in (0, 7) else "right", style="bold" if i == 0 else None)
-        for g in table_data:
-            context = gib(g.context_bytes) + ("" if g.context_measured else f" ({g.context_label})")
-            table.add_row(
+def _rows(gpus: tuple[Gpu, ...]) -> list[list[str]]:
+    rows = []
+    for g in gpus:
+        context = gib(g.context_bytes) + ("" if g.context_measured else f" ({g.context_label})")
+        rows.append(
+            [
                 g.name,
                 gib(g.memory_bytes),
                 context,
@@ -51,6 +43,50 @@ class GpusCommand:
                 f"{g.memory_bandwidth_gbs:,.0f}",
                 "$" + significant(g.usd_per_hour),
                 g.note,
-            )
-        console.print(table)
+            ]
+        )
+    return rows
+
+
+def gpus_table(gpus: tuple[Gpu, ...]) -> Table:
+    table = Table(title=TITLE)
+    for i, name in enumerate(HEAD):
+        table.add_column(name, justify="left" if i in (0, 7) else "right", style="bold" if i == 0 else None)
+    for cells in _rows(gpus):
+        table.add_row(*cells)
+    return table
+
+
+def render_gpus_md(gpus: tuple[Gpu, ...]) -> str:
+    return "\n".join([f"## {TITLE}", "", *md_table(HEAD, _rows(gpus))]) + "\n"
+
+
+def render_gpus_html(gpus: tuple[Gpu, ...]) -> str:
+    return render_html(gpus_table(gpus), width=140)
+
+
+def render_gpus_json(gpus: tuple[Gpu, ...]) -> str:
+    """A list of the cards' fields plus usable_bytes: the shape `memprof gpus --json` has always printed."""
+    return json.dumps([{**dataclasses.asdict(g), "usable_bytes": g.usable_bytes} for g in gpus], indent=2)
+
+
+class GpusCommand:
+    name = "gpus"
+    help = "list the GPU table (memory, context, bf16 TFLOP/s, bandwidth, indicative $/hour)"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
+        add_output_args(parser)
+
+    def run(self, args: argparse.Namespace, console: Console) -> int:
+        output_format(args)  # a --json/--format contradiction is one line
+        emit(
+            catalog.gpus_with(args.gpu_file),
+            args,
+            console,
+            table=gpus_table,
+            md=render_gpus_md,
+            html=render_gpus_html,
+            as_json=render_gpus_json,
+        )
         return 0
