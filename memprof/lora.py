@@ -97,6 +97,16 @@ class BaseAtSetting:
 
 
 @dataclass(frozen=True)
+class RankAboveWidth:
+    """Adapted layers narrower than the rank: r > min(in_features, out_features). peft accepts such a rank,
+    but there B @ A has rank at most that width, so the extra rank adds parameters, not expressiveness."""
+
+    layers: int  # adapted layers with min(in_features, out_features) < r
+    min_width: int  # the smallest min(in_features, out_features) among them
+    modules: tuple[str, ...]  # their names, as in per_module
+
+
+@dataclass(frozen=True)
 class LoraReport:
     model: str
     r: int
@@ -123,6 +133,7 @@ class LoraReport:
     method: str  # "inventory" (fast path, proven equal to peft by the tests) or "peft"
     peft_version: str
     notes: tuple[str, ...]
+    rank_above_width: RankAboveWidth | None = None  # None: r <= min(in, out) of every adapted layer
 
 
 @dataclass(frozen=True)
@@ -635,6 +646,25 @@ def _per_module(counted: _Counted) -> tuple[ModuleParams, ...]:
     return tuple(rows)
 
 
+def _rank_above_width(per_module: Sequence[ModuleParams], r: int) -> RankAboveWidth | None:
+    """The adapted layers whose narrower side is below r, or None when there are none."""
+    narrow = [
+        row
+        for row in per_module
+        if row.kind == "lora"
+        and row.in_features is not None
+        and row.out_features is not None
+        and r > min(row.in_features, row.out_features)
+    ]
+    if not narrow:
+        return None
+    return RankAboveWidth(
+        layers=sum(row.layers for row in narrow),
+        min_width=min(min(row.in_features, row.out_features) for row in narrow),
+        modules=tuple(dict.fromkeys(row.name for row in narrow)),
+    )
+
+
 def _training_state(counted: _Counted, inventory: Inventory | None, setting: Setting | None) -> TrainingState:
     """LoRA weights are float32 (peft's autocast_adapter_dtype=True); biases and modules_to_save copies keep
     the dtype the base was loaded in (float32 without --setting). Grads and AdamW moments are like their
@@ -815,6 +845,7 @@ def lora_params(
             peft_printout_all_params=_peft_printout_all_params(counted.all_params, inventory, chosen),
         )
     peft_version = _peft_version()
+    per_module = _per_module(counted)
     return LoraReport(
         model=resolved.name,
         r=r,
@@ -827,7 +858,7 @@ def lora_params(
             fp32=sum(math.prod(s) for _, s in counted.saved) * DTYPE_BYTES["float32"],
             bf16=sum(math.prod(s) for _, s in counted.saved) * DTYPE_BYTES["bfloat16"],
         ),
-        per_module=_per_module(counted),
+        per_module=per_module,
         architecture=counted.architecture,
         target=",".join(target_names) if target_names else "peft default",
         dora=dora,
@@ -857,6 +888,7 @@ def lora_params(
             inventory=inventory,
             all_params=counted.all_params,
         ),
+        rank_above_width=_rank_above_width(per_module, r),
     )
 
 

@@ -45,6 +45,26 @@ def _targets_line(report: LoraReport) -> str:
     return f"target_modules: {', '.join(report.target_modules)}{asked} · {layers}"
 
 
+def _rank_warning(report: LoraReport) -> str | None:
+    above = report.rank_above_width
+    if above is None:
+        return None
+    if above.layers == report.adapted_layers:
+        layers = "the adapted layer" if above.layers == 1 else f"all {above.layers} adapted layers"
+    else:
+        layers = f"{above.layers} of the {report.adapted_layers} adapted layers"
+    return (
+        f"r={report.r} is larger than min(in_features, out_features) of {layers} "
+        f"({', '.join(above.modules)}; the narrowest is {above.min_width}): peft accepts it, but B·A there has "
+        "rank at most that width, so the extra rank adds parameters without adding expressiveness."
+    )
+
+
+def _warnings(result: LoraReport | LoraSweep) -> list[str]:
+    rows = result.rows if isinstance(result, LoraSweep) else (result,)
+    return [w for w in (_rank_warning(row) for row in rows) if w is not None]
+
+
 def _per_layer(row: ModuleParams, r: int) -> str:
     if row.kind == "lora" and row.in_features is not None and row.out_features is not None:
         formula = f"{r}·({row.in_features}+{row.out_features})"
@@ -138,6 +158,7 @@ def _report_renderables(report: LoraReport) -> Group:
         _module_table(report),
         Text(_config_line(report)),
         Text(_targets_line(report)),
+        *[Text(f"⚠ {warning}", style="bold yellow") for warning in _warnings(report)],
         Text(""),
         _summary_table(report),
         Text(""),
@@ -195,6 +216,7 @@ def lora_renderables(result: LoraReport | LoraSweep) -> Group:
             Text(_title(first), style="bold"),
             _sweep_table(result),
             *[Text(line) for line in _sweep_lines(result)],
+            *[Text(f"⚠ {warning}", style="bold yellow") for warning in _warnings(result)],
             Text(""),
             *[Text(f"• {note}", style="dim") for note in _notes(first)],
         )
@@ -209,14 +231,20 @@ def render_lora_html(result: LoraReport | LoraSweep) -> str:
     return render_html(lora_renderables(result), width=120)
 
 
+def _md_warnings(result: LoraReport | LoraSweep) -> list[str]:
+    return [line for warning in _warnings(result) for line in (f"> **Warning:** {warning}", "")]
+
+
 def render_lora_md(result: LoraReport | LoraSweep) -> str:
     if isinstance(result, LoraSweep):
         first = result.rows[0]
         lines = [f"## {_title(first)}", "", *[f"{line}  " for line in _sweep_lines(result)], ""]
+        lines += _md_warnings(result)
         lines += md_table(_sweep_head(result), sweep_rows(result))
     else:
         first = result
         lines = [f"## {_title(result)}", "", f"{_config_line(result)}  ", _targets_line(result), ""]
+        lines += _md_warnings(result)
         lines += md_table(MODULE_HEAD, module_rows(result))
         lines += ["", *md_table(["", ""], summary_rows(result))]
     lines.append("")
