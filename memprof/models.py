@@ -79,15 +79,50 @@ def _find_in_hf_cache(hub_id: str) -> Path | None:
     return max(candidates, key=lambda s: s.stat().st_mtime) if candidates else None
 
 
+# One request to the hub, with this timeout and no retries, before the download. hf_hub_download alone
+# retries a network error five times with backoff (about 24 s, logging each try) before it gives up.
+DOWNLOAD_TIMEOUT_S = 5.0
+
+
 def _download_config(hub_id: str) -> Path:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
         raise UnknownModelError("--allow-download needs huggingface_hub: pip install huggingface_hub") from None
     try:
-        return Path(hf_hub_download(hub_id, "config.json")).parent
+        get_hf_file_metadata(hf_hub_url(hub_id, "config.json"), timeout=DOWNLOAD_TIMEOUT_S)
+        return Path(hf_hub_download(hub_id, "config.json", etag_timeout=DOWNLOAD_TIMEOUT_S)).parent
     except Exception as exc:  # the hub client raises many types; the user needs the one line
-        raise UnknownModelError(f"could not download config.json of {hub_id!r}: {exc}") from None
+        raise UnknownModelError(_download_error(hub_id, exc, endpoint=constants.ENDPOINT)) from None
+
+
+def _download_error(hub_id: str, exc: Exception, *, endpoint: str) -> str:
+    """One line for a failed config.json download: what went wrong and what would work."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    what = f"could not download config.json of {hub_id!r}"
+    local = "give a local model directory or a catalog name (see `memprof models`)"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return f"{what}: HF_HUB_OFFLINE is set; unset it to download, or {local}"
+    if isinstance(exc, GatedRepoError):
+        return f"{what}: the repository is gated; accept its terms on the hub and log in (`hf auth login`)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"{what}: no such model on {endpoint} (or it is private: log in with `hf auth login`); check the id"
+    if isinstance(exc, EntryNotFoundError):
+        return f"{what}: the repository has no config.json; {local}"
+    if isinstance(exc, HfHubHTTPError):
+        return f"{what} from {endpoint}: {first_line}"
+    return (
+        f"{what}: cannot reach {endpoint} ({first_line}; gave up after one try, {DOWNLOAD_TIMEOUT_S:g} s timeout); "
+        f"check the network, proxy or HF_ENDPOINT, or {local}"
+    )
 
 
 def _close_names(name: str) -> list[str]:
