@@ -1,0 +1,288 @@
+"""Rough edges of the command line: options that were silently ignored or overridden, commands without
+the shared output options, a LoRA rank wider than its layers, and a slow failing --allow-download."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import tiny_config
+
+from memprof.cli import main
+from memprof.lora import lora_params, lora_sweep
+
+
+def one_line_error(capsys, command: str) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err, captured.err
+    assert captured.err.startswith(f"memprof {command}: error: ")
+    return captured.err
+
+
+# --- footprint --device without --measure ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_footprint_device_without_measure_is_an_error_not_ignored(device, capsys):
+    assert main(["footprint", "gpt2", "--device", device]) == 2
+    err = one_line_error(capsys, "footprint")
+    assert f"--device {device} only applies with --measure" in err
+
+
+def test_footprint_without_device_still_predicts(capsys):
+    assert main(["footprint", "gpt2", "--settings", "fp32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"][0]["setting"] == "fp32"
+
+
+# --- --json with --format ---------------------------------------------------------------------------
+
+# Each command with --json and --format; models that do not exist and files that are not there, so that
+# the contradiction must be found before any work (else the error would be another one).
+CONFLICT_COMMANDS = [
+    ["footprint", "gpt2"],
+    ["lora-params", "gpt2"],
+    ["models"],
+    ["gpus"],
+    ["plan", "no-such/model"],
+    ["profile", "no-such/model"],
+    ["report", "no-such-result.json"],
+    ["compare", "no-such-a.json", "no-such-b.json"],
+]
+
+
+@pytest.mark.parametrize("fmt", ["md", "html", "table"])
+@pytest.mark.parametrize("command", CONFLICT_COMMANDS, ids=lambda c: c[0])
+def test_json_with_another_format_is_one_line_before_any_work(command, fmt, capsys):
+    assert main([*command, "--json", "--format", fmt]) == 2
+    err = one_line_error(capsys, command[0])
+    assert f"--json and --format {fmt} contradict each other" in err
+
+
+@pytest.mark.parametrize("extra", [["--json"], ["--json", "--format", "json"], ["--format", "json"]])
+@pytest.mark.parametrize("command", [["footprint", "gpt2"], ["lora-params", "gpt2"], ["models"], ["gpus"]])
+def test_json_alone_or_with_format_json_prints_json(command, extra, capsys):
+    assert main([*command, *extra]) == 0
+    json.loads(capsys.readouterr().out)
+
+
+# --- models and gpus: the shared output options -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["models"], ["meta-llama/Llama-3.1-8B", "8,030,261,248", "llama-3.2-1b"]),
+        (["gpus"], ["H100 80GB", "bf16 TFLOP/s", "$/hour"]),
+    ],
+    ids=["models", "gpus"],
+)
+@pytest.mark.parametrize("fmt", ["table", "md", "html", "json"])
+def test_models_and_gpus_render_every_format(command, expected, fmt, capsys):
+    assert main([*command, "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        rows = json.loads(out)
+        assert isinstance(rows, list)  # the shape --json always printed
+        text = json.dumps(rows)
+        assert expected[0] in text
+    else:
+        for value in expected:
+            assert value in out
+    if fmt == "md":
+        assert out.startswith("## ") and "|---|" in out
+    if fmt == "html":
+        assert out.lstrip().lower().startswith("<!doctype html")
+
+
+def test_models_json_keeps_its_shape(capsys):
+    assert main(["models", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)[0]
+    assert first == {"hub_id": "meta-llama/Llama-3.1-8B", "aliases": ["llama-3.1-8b"], "params": 8_030_261_248}
+
+
+def test_gpus_json_keeps_its_shape(capsys):
+    assert main(["gpus", "--json"]) == 0
+    t4 = next(g for g in json.loads(capsys.readouterr().out) if g["name"] == "T4")
+    assert t4["usable_bytes"] == t4["memory_bytes"] - t4["context_bytes"]
+
+
+@pytest.mark.parametrize("command", ["models", "gpus"])
+@pytest.mark.parametrize(("fmt", "suffix"), [("table", "txt"), ("md", "md"), ("html", "html"), ("json", "json")])
+def test_models_and_gpus_out_writes_the_file_atomically(command, fmt, suffix, tmp_path, capsys):
+    target = tmp_path / f"{command}.{suffix}"
+    assert main([command, "--format", fmt, "--out", str(target)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"wrote {target}" in captured.err
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+    text = target.read_text()
+    assert ("Llama-3.1-8B" if command == "models" else "H100 80GB") in text
+
+
+def test_gpus_out_to_a_missing_directory_is_one_line(tmp_path, capsys):
+    assert main(["gpus", "--out", str(tmp_path / "nowhere" / "gpus.md")]) == 2
+    assert "does not exist" in one_line_error(capsys, "gpus")
+
+
+def test_gpus_table_shows_a_gpu_file_card(tmp_path, capsys):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"gpus": [{"name": "T4", "usd_per_hour": 0.123}]}))
+    assert main(["gpus", "--gpu-file", str(path), "--format", "md"]) == 0
+    t4 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| T4 |"))
+    assert "$0.123" in t4
+
+
+# --- lora-params: a rank wider than the adapted layers -----------------------------------------------
+
+
+def test_rank_above_the_narrow_side_names_those_layers_and_their_width():
+    # Llama-3.1-8B: q_proj 4096 -> 4096, k_proj and v_proj 4096 -> 1024 (GQA), 32 layers each
+    report = lora_params("llama-3.1-8b", r=2048, target="q_proj,k_proj,v_proj")
+    above = report.rank_above_width
+    assert above is not None
+    assert (above.layers, above.min_width, above.modules) == (64, 1024, ("k_proj", "v_proj"))
+
+
+def test_rank_equal_to_the_narrow_side_is_no_warning():
+    assert lora_params("llama-3.1-8b", r=1024, target="q_proj,k_proj,v_proj").rank_above_width is None
+    assert lora_params("llama-3.1-8b", r=4097, target="q_proj").rank_above_width.layers == 32
+
+
+def test_rank_above_width_is_found_on_the_peft_path_too(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config("llama")))  # q 40 -> 40, k and v 40 -> 20
+    report = lora_params(str(tmp_path), r=24, target="q_proj,k_proj,v_proj")
+    assert report.method == "peft"
+    above = report.rank_above_width
+    assert (above.layers, above.min_width, above.modules) == (4, 20, ("k_proj", "v_proj"))
+
+
+@pytest.mark.parametrize("fmt", ["table", "md", "html"])
+def test_rank_above_width_warning_is_in_every_format(fmt, capsys):
+    args = ["lora-params", "llama-3.1-8b", "--r", "2048", "--target", "q_proj,k_proj,v_proj", "--format", fmt]
+    assert main(args) == 0
+    out = " ".join(re.sub(r"<[^>]+>", "", capsys.readouterr().out).split())  # lines wrap; HTML spans each line
+    assert "r=2048 is larger than min(in_features, out_features) of 64 of the 96 adapted layers" in out
+    assert "the narrowest is 1024" in out and "without adding expressiveness" in out
+
+
+def test_rank_above_width_is_a_json_field(capsys):
+    assert main(["lora-params", "gpt2", "--r", "1024", "--target", "c_attn", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rank_above_width"] == {
+        "layers": 12,
+        "min_width": 768,
+        "modules": ["c_attn"],
+    }
+    assert main(["lora-params", "gpt2", "--r", "768", "--target", "c_attn", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rank_above_width"] is None
+
+
+def test_sweep_warns_for_the_ranks_above_width_only(capsys):
+    sweep = lora_sweep("gpt2", ranks="8,1024", target="c_attn")
+    assert [row.rank_above_width is not None for row in sweep.rows] == [False, True]
+    assert main(["lora-params", "gpt2", "--sweep", "8,1024", "--target", "c_attn", "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "> **Warning:** r=1024 is larger than" in out and "r=8 is larger" not in out
+
+
+def test_rank_within_width_has_no_warning(capsys):
+    assert main(["lora-params", "gpt2", "--r", "16", "--format", "md"]) == 0
+    assert "Warning" not in capsys.readouterr().out
+
+
+# --- --allow-download fails fast ----------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _download_env(tmp_path, endpoint: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), **extra)
+    return env
+
+
+def _download(tmp_path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "memprof", "footprint", "some-org/not-cached", "--allow-download"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    return result, time.monotonic() - started
+
+
+def test_unreachable_hub_is_one_line_in_seconds_not_after_retries(tmp_path):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    result, elapsed_s = _download(tmp_path, _download_env(tmp_path, endpoint))
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no "Retrying in 1s" lines
+    assert f"cannot reach {endpoint}" in result.stderr and "Connection refused" in result.stderr
+    assert elapsed_s < 15  # huggingface_hub's own retries took about 24 s
+
+
+def test_hub_without_the_model_is_one_line(tmp_path):
+    class NotFound(BaseHTTPRequestHandler):
+        def do_HEAD(self):  # what the hub answers for a repository that does not exist
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("X-Error-Message", "Repository not found")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        result, _ = _download(tmp_path, _download_env(tmp_path, endpoint))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"no such model on {endpoint}" in result.stderr
+
+
+def test_offline_mode_says_so(tmp_path):
+    env = _download_env(tmp_path, f"http://127.0.0.1:{_closed_port()}", HF_HUB_OFFLINE="1")
+    result, _ = _download(tmp_path, env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "HF_HUB_OFFLINE is set" in result.stderr
+
+
+def test_download_asks_the_hub_once_with_a_short_timeout_before_downloading(monkeypatch, capsys):
+    import huggingface_hub
+
+    from memprof import models
+
+    probes: list[dict] = []
+    downloads: list[str] = []
+
+    def unreachable(url, **kwargs):
+        probes.append(kwargs)
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: downloads.append(a[0]))
+    assert main(["footprint", "some-org/not-cached", "--allow-download"]) == 2
+    assert "cannot reach" in one_line_error(capsys, "footprint")
+    assert len(probes) == 1 and probes[0]["timeout"] == models.DOWNLOAD_TIMEOUT_S <= 5
+    assert downloads == []  # hf_hub_download would retry a network error five times with backoff
