@@ -1,9 +1,9 @@
 """`plan`: which GPUs can run a model's step, with how much headroom, at what batch and context, at what cost.
 
 Peak memory per GPU = the simulated step's peak (simulate.py: exact live bytes of the profiler's
-step on fake tensors, extrapolated in depth, with predict.py's exact weight bytes for quantized
-settings) divided as the sharding divides it, plus the card's CUDA context (gpus.json, labelled
-with whether it was measured). Sweeps over batch and sequence length evaluate the fitted
+step on fake tensors, real bitsandbytes layers included, extrapolated in depth) plus the transient
+inside bitsandbytes' kernels that no trace sees, divided as the sharding divides it, plus the
+card's CUDA context (gpus.json, labelled with whether it was measured). Sweeps over batch and sequence length evaluate the fitted
 polynomial (simulate.StepFit), so they are arithmetic. Step time is a roofline estimate and prices
 are indicative: both are labelled as estimates wherever they are shown.
 
@@ -13,7 +13,7 @@ Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
 - zero3 and fsdp (FSDP FULL_SHARD): weights (incl. quant state), trainable params, grads and
   optimizer states are divided by N; while a layer runs its full parameters are gathered, and the
   next layer's are prefetched: two decoder layers' unsharded weights are added.
-- never divided: activations and forward/backward temporaries, inputs, the KV cache, the dequantization
+- never divided: activations and forward/backward temporaries, inputs, the KV cache, the kernel
   transient. The optimizer phase's temporaries (foreach AdamW's param-sized lists) are divided with
   the states under zero2/zero3/fsdp.
 """
@@ -28,7 +28,7 @@ from memprof.errors import PlanOptionError
 from memprof.inventory import Inventory, inventory_for
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import resolve_model
-from memprof.predict import predict_setting, tensor_bytes
+from memprof.predict import tensor_bytes
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
 from memprof.simulate import (
     OPTIMIZERS,
@@ -60,7 +60,9 @@ class Breakdown:
     activations_bytes: int  # activations and temporaries live at the peak (simulated)
     inputs_bytes: int
     kv_cache_bytes: int
-    dequant_transient_bytes: int  # one dequantized bf16 weight inside a bitsandbytes matmul (not traced)
+    # inside a bitsandbytes kernel, where the simulation cannot see: 4-bit, the largest weight
+    # dequantized; int8 (MatMul8bitLt), the int32 product of the widest layer
+    dequant_transient_bytes: int
     gathered_layers_bytes: int  # zero3/fsdp: two layers' unsharded weights
     total_bytes: int  # the sum: what the step's tensors hold at the peak, without the CUDA context
     peak_phase: str
@@ -163,29 +165,38 @@ def _layer_weight_bytes(inventory: Inventory, setting: Setting) -> int:
     return total
 
 
-def _largest_quantized_linear(inventory: Inventory, setting: Setting) -> int:
-    if not setting.quantized:
+def _dequant_bytes(inventory: Inventory, setting: Setting) -> int:
+    """A 4-bit matmul's untraced transient: bitsandbytes' gemm_4bit dequantizes the weight to the
+    compute dtype inside the op (and, double-quantized, its absmax to float32 first); for the largest layer."""
+    if setting.quant not in ("nf4", "fp4"):
         return 0
     numel = max((t.numel for t in inventory.tensors if t.quantizable), default=0)
-    return numel * DTYPE_BYTES[setting.dtype]
+    absmax = -(-numel // 64) * 4 if setting.double_quant else 0
+    return numel * DTYPE_BYTES[setting.dtype] + absmax
+
+
+def _int8_out_features(inventory: Inventory, setting: Setting, task: str, device: str) -> int:
+    """LLM.int8()'s untraced transient is an int32 product (tokens x out_features) inside
+    int8_scaled_mm: on the path MatMul8bitLt takes, inference anywhere and training on CUDA."""
+    if setting.quant != "int8" or (task != "infer" and device == "cpu"):
+        return 0
+    return max((t.quant_out_features for t in inventory.tensors if t.quantizable), default=0)
 
 
 @dataclass(frozen=True)
 class _Context:
     task: str
     setting: Setting
-    exact_weights_bytes: int | None  # quantized settings: predict.py true bytes replace the stand-ins
     dequant_bytes: int
+    int8_out_features: int
     layer_bytes: int
     num_gpus: int
     shard: str
 
 
-def _phase_breakdown(phase: PhasePeak, ctx: _Context) -> Breakdown:
+def _phase_breakdown(phase: PhasePeak, ctx: _Context, tokens: int) -> Breakdown:
     b = phase.breakdown
     weights = b["weights"] + b["quant_state"]
-    if ctx.exact_weights_bytes is not None:
-        weights = ctx.exact_weights_bytes
     trainable, grads, states = b["trainable_params"], b["grads"], b["optimizer_states"]
     gathered = 0
     n = ctx.num_gpus
@@ -208,14 +219,14 @@ def _phase_breakdown(phase: PhasePeak, ctx: _Context) -> Breakdown:
         temporaries,
         b["inputs"],
         b["kv_cache"],
-        ctx.dequant_bytes,
+        ctx.dequant_bytes + 4 * tokens * ctx.int8_out_features,
         gathered,
     )
     return Breakdown(*parts, total_bytes=sum(parts), peak_phase=phase.phase)
 
 
 def _peak(sim: Simulation, ctx: _Context) -> Breakdown:
-    return max((_phase_breakdown(p, ctx) for p in sim.phases), key=lambda x: x.total_bytes)
+    return max((_phase_breakdown(p, ctx, sim.batch * sim.seq) for p in sim.phases), key=lambda x: x.total_bytes)
 
 
 def _roofline_s(flops: int, bd: Breakdown, gpu: catalog.Gpu, task: str, new_tokens: int) -> tuple[float, str]:
@@ -333,19 +344,16 @@ def plan(
         grad_checkpointing=grad_checkpointing,
         new_tokens=new_tokens if task == "infer" else 0,
         foreach=device != "cpu" and optimizer == "adamw",
+        device="cpu" if device == "cpu" else "cuda",
     )
     fitted = simulate_model(
         resolved.config, spec, batch=batch, seq=seq, trust_remote_code=trust_remote_code, use_cache=use_cache
     )
-    exact_weights = None
-    if chosen_setting.quantized:
-        bytes_setting = replace(chosen_setting, dtype="float32") if sim_task == "lora" else chosen_setting
-        exact_weights = predict_setting(inventory, bytes_setting).true_bytes
     ctx = _Context(
         task=task,
         setting=chosen_setting,
-        exact_weights_bytes=exact_weights,
-        dequant_bytes=_largest_quantized_linear(inventory, chosen_setting) if task != "full" else 0,
+        dequant_bytes=_dequant_bytes(inventory, chosen_setting),
+        int8_out_features=_int8_out_features(inventory, chosen_setting, task, device),
         layer_bytes=_layer_weight_bytes(inventory, chosen_setting),
         num_gpus=num_gpus,
         shard=shard,
@@ -491,11 +499,31 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
         if task != "infer":
             notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
     if setting.quantized:
+        kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
+        if setting.quant == "int8":
+            lt = task == "infer" or device != "cpu"
+            path = (
+                "MatMul8bitLt's int8 matmuls without the outlier decomposition (its outlier columns depend on the "
+                "data; a handful of columns in real models)"
+                if lt
+                else "MatMul8bitFp (dequantize, then matmul), bitsandbytes' CPU training path"
+            )
+            transient = (
+                " The int32 product inside int8_scaled_mm (tokens x the widest layer's outputs) is added: the "
+                "simulation cannot see inside bitsandbytes' kernels."
+                if lt
+                else ""
+            )
+        else:
+            path = "MatMul4Bit"
+            transient = (
+                " The compute-dtype copy of the weight that gemm_4bit dequantizes inside the kernel is added for the "
+                "largest layer: the simulation cannot see inside bitsandbytes' kernels (on CUDA, small batches "
+                "use a fused kernel without it: an upper bound there)."
+            )
         notes.append(
-            f"{setting.name}: bitsandbytes layers are simulated as bf16 linears with their dtype casts; weights are "
-            "predict.py's exact true bytes (incl. quant state"
-            + (", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else "")
-            + "). The dequantized bf16 copy bitsandbytes makes inside each matmul is added once for the largest layer."
+            f"{setting.name}: the real bitsandbytes layers run on fake tensors (bitsandbytes' own fake kernels), "
+            f"through {path}; weights and quant state are the exact loaded bytes{kbit}.{transient}"
         )
     if num_gpus > 1:
         what = {

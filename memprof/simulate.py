@@ -10,14 +10,18 @@ output shapes, dtypes and lifetimes are real, so `LiveBytesTracker` sees the exa
 `FlopCounterMode` the exact FLOPs, for any architecture, attention implementation, gradient
 checkpointing, sequence length and LoRA targets. The peak is measured on the second step (the
 first one creates AdamW's states), tracking what the profiler tracks, so on the CPU the simulation
-equals the profiler's measured live-tensor peak (tests/test_plan.py proves it).
+equals the profiler's measured live-tensor peak (tests/test_simulate.py proves it).
+
+bitsandbytes layers are simulated for real: transformers swaps them in as from_pretrained does, each
+weight is quantized by bitsandbytes' own functions under FakeTensorMode (its fake kernels give the
+packed weight and quant state their real shapes), and the step runs its real autograd functions
+(MatMul4Bit, MatMul8bitLt on CUDA / MatMul8bitFp on the CPU) and peft's bitsandbytes LoRA layers.
 
 What the simulation cannot see:
-- bitsandbytes layers. Quantized linears are simulated as bf16 linears with the 4-bit/8-bit
-  layer's dtype behaviour (input cast to the compute dtype, output cast back); their weight bytes
-  are replaced by predict.py's exact true bytes (packed weight + quant state). The transient
-  dequantized bf16 copy of one weight that bitsandbytes makes inside each matmul is not in the
-  trace: `dequant_transient_bytes` adds the largest quantized linear's bf16 bytes once.
+- Inside bitsandbytes' kernels: gemm_4bit dequantizes the weight to the compute dtype, and
+  int8_scaled_mm makes an int32 product, in buffers no trace sees (plan.py adds them:
+  `dequant_transient_bytes`). LLM.int8()'s outlier decomposition depends on the data (the fake
+  kernels give it a dynamic size), so int8 runs without it: its outlier columns are not counted.
 - The CUDA caching allocator (fragmentation, block rounding), kernel workspaces (cuBLAS,
   flash-attention) and the CUDA context: they are not tensors. The context is a per-GPU constant
   in catalog/gpus.json; fragmentation is not modelled (see plan notes).
@@ -50,10 +54,10 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
 from memprof.inventory import cache_dir, config_key, write_json_atomic
-from memprof.step import apply_lora, enable_grad_checkpointing, make_full_trainable, train_step
 from memprof.step import make_optimizer as step_optimizer
+from memprof.step import train_step
 
-SIM_FORMAT = 7
+SIM_FORMAT = 8
 TASKS = ("infer", "lora", "qlora", "full")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 # Categories of live bytes, the same names as the profiler's breakdown.
@@ -85,6 +89,9 @@ class StepSpec:
     grad_checkpointing: bool = False
     new_tokens: int = 0
     foreach: bool = False  # AdamW foreach (the CUDA default); False is the CPU default
+    # whose Python paths bitsandbytes takes: LLM.int8() trains through MatMul8bitLt on CUDA and
+    # through a dequantize-and-matmul function (MatMul8bitFp) on the CPU
+    device: str = "cpu"
 
     def key(self) -> dict:
         return asdict(self)
@@ -106,7 +113,6 @@ class Simulation:
     seq: int
     phases: tuple[PhasePeak, ...]
     flops: int
-    standin_weight_bytes: int = 0  # bf16 bytes of the simulated stand-ins for quantized linears
     # phase -> series -> one value per moment (the phase's start, then after every op): "total" live
     # bytes, and where they change within the phase "grads" and "kv_cache"; what StepFit fits
     moments: dict[str, dict[str, list[int]]] = field(default_factory=dict, compare=False, repr=False)
@@ -130,7 +136,6 @@ class Simulation:
             seq=data["seq"],
             phases=tuple(PhasePeak(**p) for p in data["phases"]),
             flops=data["flops"],
-            standin_weight_bytes=data.get("standin_weight_bytes", 0),
             moments=data.get("moments", {}),
         )
 
@@ -173,44 +178,85 @@ def with_layers(config: dict, layers: int) -> dict:
 # building the step (mirrors profile_worker._train; see the module docstring)
 
 
-def _standin_class():
+def _swap_in_bitsandbytes_layers(model, setting) -> None:
+    """Swap the linears bitsandbytes quantizes for its layers, on the meta device, as from_pretrained
+    does: transformers' own `replace_with_bnb_linear` and skip rules (GPT-2's Conv1D becomes an
+    (out, in) linear); `_fake_quantize` gives them their quantized weights."""
     import torch
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+    from transformers.quantizers.base import HfQuantizer
 
-    class QuantLinearStandIn(torch.nn.Linear):
-        """A bf16 linear standing in for a bitsandbytes 4-bit/8-bit linear: input and bias cast to the
-        compute dtype, output cast back to the input's dtype, as bnb's Linear4bit.forward does."""
+    from memprof.settings import bnb_config
 
-        def forward(self, x):
-            bias = None if self.bias is None else self.bias.to(self.weight.dtype)
-            return torch.nn.functional.linear(x.to(self.weight.dtype), self.weight, bias).to(x.dtype)
+    skip = HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules)
+    # from_pretrained swaps with the load dtype as torch's default: the layers' biases take it
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, setting.dtype))
+    try:
+        replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=bnb_config(setting))
+    finally:
+        torch.set_default_dtype(default)
+    # what from_pretrained sets after loading; peft reads it to pick its bitsandbytes LoRA layers
+    model.is_loaded_in_4bit = setting.quant != "int8"
+    model.is_loaded_in_8bit = setting.quant == "int8"
 
-    return QuantLinearStandIn
 
+def _fake_quantize(model, mode, *, cuda: bool) -> None:
+    """Quantize every bitsandbytes layer's (meta) weight with bitsandbytes' own functions under `mode`.
 
-def _standin_from_conv1d(module, standin):
-    """A stand-in for transformers' Conv1D (weight stored (in, out)), as bitsandbytes' integration
-    replaces it: a linear of in_features x out_features whose weight is the transpose, (out, in)."""
+    Their fake kernels give the packed weight and quant state (absmax, code, nested state; int8's
+    SCB) their real shapes and dtypes. The weight becomes a plain fake Parameter carrying the
+    attributes the layers read: a FakeTensor cannot become a Params4bit/Int8Params subclass.
+    """
+    import bitsandbytes as bnb
     import torch
+    from bitsandbytes.functional import int8_vectorwise_quant, quantize_4bit
 
-    in_features, out_features = module.weight.shape
-    weight = module.weight
-    with torch.device(weight.device):
-        new = standin(in_features, out_features, bias=module.bias is not None, dtype=weight.dtype)
-    new.weight = torch.nn.Parameter(weight.detach().t().contiguous(), requires_grad=weight.requires_grad)
-    if module.bias is not None:
-        new.bias = module.bias
-    return new
+    # double quantization passes bitsandbytes' real 256-entry code table to its kernels: made here
+    # (bitsandbytes caches it on first use; made under the mode it would read fake values)
+    if "dynamic" not in bnb.functional.name2qmap:
+        bnb.functional.name2qmap["dynamic"] = bnb.functional.create_dynamic_map()
+    strict, mode.allow_non_fake_inputs = mode.allow_non_fake_inputs, True
+    with mode:
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                w = module.weight
+                if cuda:
+                    module.support_avx512bf16_for_cpu = False  # a CPU-only inference path
+                packed, state = quantize_4bit(
+                    torch.empty(w.shape, dtype=torch.bfloat16),
+                    blocksize=w.blocksize,
+                    compress_statistics=w.compress_statistics,
+                    quant_type=w.quant_type,
+                    quant_storage=w.quant_storage,
+                )
+                p = torch.nn.Parameter(packed, requires_grad=False)
+                for name in ("blocksize", "compress_statistics", "quant_type", "quant_storage"):
+                    setattr(p, name, getattr(w, name))
+                p.quant_state, p.bnb_quantized, p.module = state, True, module
+                module.quant_state = state
+                module._parameters["weight"] = p
+            elif isinstance(module, bnb.nn.Linear8bitLt):
+                cb, scb, _ = int8_vectorwise_quant(torch.empty(module.weight.shape, dtype=torch.float16))
+                p = torch.nn.Parameter(cb, requires_grad=False)
+                p.CB, p.SCB, p.has_fp16_weights = cb, scb, False
+                module._parameters["weight"] = p
+                # LLM.int8()'s outlier columns are data-dependent (a dynamic size in the fake kernels):
+                # the simulation runs the decomposition-free path, see the module docstring
+                module.state.threshold = 0.0
+    mode.allow_non_fake_inputs = strict
 
 
 def _fakeify(model, mode, device: str = "cpu") -> None:
-    """Replace every parameter and buffer by an uninitialised fake tensor of the same shape and dtype."""
+    """Replace every parameter and buffer not fake yet by an uninitialised fake tensor of its shape and dtype."""
     import torch
+    from torch._subclasses.fake_tensor import FakeTensor
 
     memo: dict[int, object] = {}
     with mode:
         for module in model.modules():
             for name, p in list(module._parameters.items()):
-                if p is None:
+                if p is None or isinstance(p, FakeTensor):  # bitsandbytes weights quantized under the mode
                     continue
                 if id(p) not in memo:  # tied weights stay tied
                     memo[id(p)] = torch.nn.Parameter(
@@ -225,64 +271,41 @@ def _fakeify(model, mode, device: str = "cpu") -> None:
                 module._buffers[name] = memo[id(b)]
 
 
-def build_step_model(config: dict, spec: StepSpec, *, trust_remote_code: bool = False):
-    """The model of the step on the meta device, prepared like the profiler prepares it.
+def build_step_model(config: dict, spec: StepSpec, mode, *, trust_remote_code: bool = False):
+    """The model of the step as fake tensors under `mode`, loaded and prepared as the profiler does.
 
-    Returns (model, standin_weight_bytes). Quantized linears become QuantLinearStandIn (bf16).
+    Built and prepared (LoRA, casts) on the meta device, then made fake: torch cannot move fake
+    parameters between dtypes inside a module (`_apply` swaps tensors), which peft does.
     """
     from memprof.inventory import build_meta_model
     from memprof.settings import get_setting
 
     setting = get_setting(spec.setting)
     model = build_meta_model(config, dtype=setting.dtype, trust_remote_code=trust_remote_code)
-    return prepare_step_model(model, spec)
+    if setting.quantized:
+        _swap_in_bitsandbytes_layers(model, setting)
+    model = prepare_step_model(model, spec)
+    if setting.quantized:
+        _fake_quantize(model, mode, cuda=spec.device == "cuda")
+    _fakeify(model, mode)
+    return model
 
 
 def prepare_step_model(model, spec: StepSpec):
-    """Apply the profiler's preparation (profile_worker._train) to a model, meta or real.
-
-    Returns (model, standin_weight_bytes).
-    """
-    import torch
-
-    from memprof.inventory import quantizable_linears
+    """The profiler's preparation (memprof.step.prepare_model) of a loaded model, real or fake."""
     from memprof.settings import get_setting
+    from memprof.step import prepare_model
 
-    setting = get_setting(spec.setting)
-    standin_bytes = 0
-    quantized_weights: set[int] = set()
-    if setting.quantized:
-        standin = _standin_class()
-        for name in quantizable_linears(model):
-            module = model.get_submodule(name)
-            if type(module) is torch.nn.Linear:
-                module.__class__ = standin
-            else:  # GPT-2's Conv1D: bitsandbytes loads it as a linear with the weight transposed to (out, in)
-                module = _standin_from_conv1d(module, standin)
-                model.set_submodule(name, module)
-            quantized_weights.add(id(module.weight))
-            standin_bytes += module.weight.numel() * module.weight.element_size()
-    if spec.task == "infer":
-        # inference trains nothing: every parameter is a frozen weight (and classified as one)
-        for p in model.parameters():
-            p.requires_grad_(False)
-    if spec.task in ("lora", "qlora"):
-        if setting.quantized:
-            # prepare_model_for_kbit_training on the stand-ins: freeze, cast every unquantized
-            # bf16/fp16 param to fp32 (the real function would also cast the stand-ins' weights)
-            for p in model.parameters():
-                p.requires_grad_(False)
-                if id(p) not in quantized_weights and p.dtype in (torch.float16, torch.bfloat16):
-                    p.data = p.data.to(torch.float32)
-            if spec.grad_checkpointing:
-                enable_grad_checkpointing(model, input_grads=False)
-        elif spec.grad_checkpointing:
-            enable_grad_checkpointing(model, input_grads=True)
-        target = list(spec.target) if isinstance(spec.target, tuple) else spec.target
-        model = apply_lora(model, r=spec.lora_r, alpha=spec.lora_alpha, target_modules=target)
-    elif spec.task == "full":
-        make_full_trainable(model, grad_checkpointing=spec.grad_checkpointing)
-    return model, standin_bytes
+    target = list(spec.target) if isinstance(spec.target, tuple) else spec.target
+    return prepare_model(
+        model,
+        task="lora" if spec.task == "qlora" else spec.task,
+        quantized=get_setting(spec.setting).quantized,
+        lora_r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        target=target,
+        grad_checkpointing=spec.grad_checkpointing,
+    )
 
 
 def make_optimizer(params, spec: StepSpec):
@@ -516,6 +539,44 @@ class _Regions:
 
 
 @contextlib.contextmanager
+def _bitsandbytes_paths(spec: StepSpec):
+    """Take the Python path bitsandbytes takes on the device planned for; quiet its per-call log.
+
+    The simulation's tensors are CPU tensors, for which bitsandbytes trains LLM.int8() layers through
+    MatMul8bitFp (dequantize, then matmul); on CUDA it runs MatMul8bitLt (int8 matmuls of the
+    quantized input, which it saves for backward).
+    """
+    import logging
+
+    from memprof.settings import get_setting
+
+    if get_setting(spec.setting).quant != "int8":
+        yield
+        return
+    import bitsandbytes
+    from bitsandbytes.autograd._functions import MatMul8bitLt, MatmulLtState
+
+    original = bitsandbytes.matmul
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    level = log.level
+
+    def matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
+        state = state or MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        return MatMul8bitLt.apply(A, B, out, bias, state)
+
+    if spec.device == "cuda":
+        bitsandbytes.matmul = matmul
+    log.setLevel(logging.ERROR)  # "inputs will be cast from bfloat16 to float16", once per matmul
+    try:
+        yield
+    finally:
+        bitsandbytes.matmul = original
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
 def _eager_mask_paths():
     """Make transformers take the mask path a real eager run takes.
 
@@ -565,15 +626,12 @@ class StepSimulator:
         self.vocab = int(self.config.get("vocab_size", 2))
         if real_model is not None:
             self.mode = contextlib.nullcontext()
-            self.model, self.standin_bytes = real_model, 0
+            self.model = real_model
         else:
             self.mode = FakeTensorMode()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. peft's deprecated is_gradient_checkpointing lookup
-                self.model, self.standin_bytes = build_step_model(
-                    self.config, spec, trust_remote_code=trust_remote_code
-                )
-            _fakeify(self.model, self.mode)
+                self.model = build_step_model(self.config, spec, self.mode, trust_remote_code=trust_remote_code)
         self.optimizer = None
         self._warmed_up = False
         if spec.task == "infer":
@@ -600,7 +658,7 @@ class StepSimulator:
         ids = self._ids(batch, seq)
         model, optimizer = self.model, self.optimizer
         counter = _flop_counter()
-        with self.mode, _eager_mask_paths(), warnings.catch_warnings():
+        with self.mode, _eager_mask_paths(), _bitsandbytes_paths(self.spec), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # transformers/peft deprecations are not the user's business
             if self.spec.task != "infer":
                 if not self._warmed_up:
@@ -639,7 +697,7 @@ class StepSimulator:
                 flops = counter.flops
             else:
                 rec, flops = self._generate(batch, seq, ids, counter)
-        return Simulation(self.layers, batch, seq, tuple(rec.phases), int(flops), self.standin_bytes, rec.moments)
+        return Simulation(self.layers, batch, seq, tuple(rec.phases), int(flops), rec.moments)
 
     def _generate(self, batch: int, seq: int, ids, counter):
         """Prefill `seq` tokens into a KV cache, grow the cache by new_tokens - 1, decode one token.
@@ -714,7 +772,6 @@ def extrapolate(a: Simulation, b: Simulation, layers: int) -> Simulation:
         seq=a.seq,
         phases=tuple(phases),
         flops=a.flops + (b.flops - a.flops) * d // step,
-        standin_weight_bytes=a.standin_weight_bytes + (b.standin_weight_bytes - a.standin_weight_bytes) * d // step,
     )
 
 
@@ -745,7 +802,6 @@ class StepFit:
     phase_names: tuple[str, ...]
     coefficients: dict[str, dict[str, list[float]]]  # phase -> category -> FIT_BASIS coefficients (at the peak)
     flops_coefficients: list[float]
-    standin_weight_bytes: int
     fit_points: tuple[tuple[int, int], ...]
     max_fit_error_bytes: int = 0  # at the check points (not fitted on)
     check_points: tuple[tuple[int, int], ...] = ()
@@ -777,9 +833,7 @@ class StepFit:
                 breakdown["activations_temporaries"] = max(0, round(float(totals[i])) - sum(breakdown.values()))
                 breakdown = {c: breakdown[c] for c in CATEGORIES}
             phases.append(PhasePeak(name, sum(breakdown.values()), breakdown))
-        return Simulation(
-            self.layers, batch, seq, tuple(phases), ev(self.flops_coefficients), self.standin_weight_bytes
-        )
+        return Simulation(self.layers, batch, seq, tuple(phases), ev(self.flops_coefficients))
 
 
 def fit_points(batch: int, seq: int, lo: int = 1, hi: int | None = None) -> tuple[tuple[int, int], ...]:
@@ -923,7 +977,6 @@ def fit(sims: list[Simulation], batch1: list[Simulation] = ()) -> StepFit:
         phase_names=names,
         coefficients=coefficients,
         flops_coefficients=[float(v) for v in _lstsq(sims, [[s.flops] for s in sims])[0]],
-        standin_weight_bytes=sims[0].standin_weight_bytes,
         fit_points=tuple((s.batch, s.seq) for s in (*sims, *batch1)),
         moment_coefficients=moments,
         batch1=fit(list(batch1)) if batch1 else None,

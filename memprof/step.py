@@ -44,6 +44,42 @@ def make_full_trainable(model, *, grad_checkpointing: bool) -> None:
         enable_grad_checkpointing(model, input_grads=False)
 
 
+def prepare_model(
+    model,
+    *,
+    task: str,
+    quantized: bool,
+    lora_r: int = DEFAULT_LORA_R,
+    lora_alpha: float | None = None,
+    target=None,
+    grad_checkpointing: bool = False,
+):
+    """Prepare a loaded model for the step: `task` infer (every parameter frozen), lora, or full.
+
+    LoRA on a bitsandbytes-quantized model follows the QLoRA recipe, peft's
+    `prepare_model_for_kbit_training`: freeze, cast every unquantized fp16/bf16 parameter to
+    float32, checkpointing if asked. Returns the model to run (peft wraps it for LoRA).
+    """
+    if task == "infer":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+    if task == "full":
+        make_full_trainable(model, grad_checkpointing=grad_checkpointing)
+        return model
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=grad_checkpointing,
+            gradient_checkpointing_kwargs=GRAD_CHECKPOINTING_KWARGS,
+        )
+    elif grad_checkpointing:
+        enable_grad_checkpointing(model, input_grads=True)
+    return apply_lora(model, r=lora_r, alpha=default_alpha(lora_r, lora_alpha), target_modules=target)
+
+
 def make_optimizer(params, name: str = "adamw", *, foreach: bool | None = None):
     """torch AdamW (what profile runs), or bitsandbytes' 8-bit / paged 8-bit AdamW."""
     import torch

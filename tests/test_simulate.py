@@ -26,13 +26,13 @@ BATCH, SEQ = 2, 16
 
 
 def _real_prepared(tiny_model_dir, arch: str, spec: StepSpec):
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    """The tiny model loaded for real by the profiler's loader (bitsandbytes for quantized settings)."""
+    from memprof.measure.worker import load_pretrained
+    from memprof.settings import get_setting
     from memprof.simulate import prepare_step_model
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch), dtype=torch.bfloat16)
-    return prepare_step_model(model, spec)[0]
+    model = load_pretrained(str(tiny_model_dir(arch)), get_setting(spec.setting), device_map="cpu")
+    return prepare_step_model(model, spec)
 
 
 @pytest.mark.parametrize(
@@ -57,13 +57,13 @@ def test_simulated_step_equals_the_same_step_on_real_cpu_tensors_phase_by_phase(
     assert fake.flops == real.flops
 
 
-def _profile_in_process(tiny_model_dir, train: str, tmp_path) -> dict:
+def _profile_in_process(tiny_model_dir, arch: str, setting: str, train: str, tmp_path) -> dict:
     from memprof.measure.profile_worker import _Out, profile_setting
 
     out = _Out(tmp_path / "result.json", send=lambda phase: None)
     request = {
-        "weights_dir": str(tiny_model_dir("llama")),
-        "setting": dataclasses.asdict(SETTINGS["bf16"]),
+        "weights_dir": str(tiny_model_dir(arch)),
+        "setting": dataclasses.asdict(SETTINGS[setting]),
         "device": "cpu",
         "batch": BATCH,
         "seq": SEQ,
@@ -79,17 +79,28 @@ def _profile_in_process(tiny_model_dir, train: str, tmp_path) -> dict:
     return out.data
 
 
-@pytest.mark.parametrize("train", ["lora", "full"])
-def test_simulation_matches_memprof_profile_on_cpu(tiny_model_dir, tmp_path, train):
-    """The profiler's own measurement (its worker, in-process) against the simulation.
-
-    Forward peak, training peak and FLOPs are all equal, byte for byte.
-    """
-    measured = _profile_in_process(tiny_model_dir, train, tmp_path)
-    config = tiny_config("llama")
-    spec = StepSpec(task=train, lora_r=8, lora_alpha=16)
+@pytest.mark.parametrize(
+    ("arch", "setting", "train"),
+    [
+        ("llama", "bf16", "lora"),
+        ("llama", "bf16", "full"),
+        ("llama", "nf4", "lora"),
+        ("llama", "nf4-dq", "lora"),
+        ("llama", "int8", "lora"),
+        ("gpt2", "nf4-dq", "lora"),
+        ("gpt2", "int8", "lora"),
+    ],
+)
+def test_simulation_matches_memprof_profile_on_cpu(tiny_model_dir, tmp_path, arch, setting, train):
+    """The profiler's own measurement (its worker, in-process, a real bitsandbytes load for the
+    quantized settings) against the simulation: forward peak, training peak and FLOPs all equal,
+    byte for byte."""
+    measured = _profile_in_process(tiny_model_dir, arch, setting, train, tmp_path)
+    config = tiny_config(arch)
+    spec = StepSpec(task=train, setting=setting, lora_r=8, lora_alpha=16)
     sim = StepSimulator(config, spec, layers=2).run(BATCH, SEQ)
-    forward = StepSimulator(config, StepSpec(task="infer"), layers=2).run(BATCH, SEQ)
+    forward = StepSimulator(config, StepSpec(task="infer", setting=setting), layers=2).run(BATCH, SEQ)
+    assert measured.get("error") is None
     assert forward.peak_bytes == measured["forward"]["peak_bytes"]
     assert sim.flops == measured["train"]["flops"]
     assert sim.peak_bytes == measured["train"]["peak_bytes"]
@@ -126,24 +137,52 @@ def test_fit_agrees_with_direct_simulation_at_points_it_was_not_fitted_on():
         assert fitted.at(b, s).flops == direct.flops
 
 
-def test_quantized_conv1d_is_simulated_as_a_linear_with_the_weight_out_by_in():
-    """bitsandbytes replaces GPT-2's Conv1D (weight stored (in, out)) by a 4-bit linear of (out, in)."""
+@pytest.mark.parametrize("setting", ["nf4", "nf4-dq", "fp4", "int8"])
+def test_simulated_bitsandbytes_layers_hold_the_exact_loaded_bytes(setting):
+    """GPT-2's Conv1D becomes a bitsandbytes linear of (out, in), as from_pretrained makes it, and
+    the fake weights and quant state hold what predict.py says a real load holds, byte for byte."""
+    import bitsandbytes as bnb
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from memprof.inventory import build_inventory
+    from memprof.predict import predict_setting
     from memprof.simulate import build_step_model
 
-    model, standin_bytes = build_step_model(tiny_config("gpt2"), StepSpec(task="lora", setting="nf4"))
-    c_attn = model.get_submodule("base_model.model.transformer.h.0.attn.c_attn.base_layer")
-    assert type(c_attn).__name__ == "QuantLinearStandIn"
-    assert (c_attn.in_features, c_attn.out_features) == (40, 120)
-    assert tuple(c_attn.weight.shape) == (120, 40)
-    # c_attn, c_proj, c_fc, mlp.c_proj per layer, in bf16
-    assert standin_bytes == 2 * 2 * (40 * 120 + 40 * 40 + 40 * 160 + 160 * 40)
-
-
-def test_simulated_qlora_step_of_a_conv1d_model_equals_the_real_cpu_step(tiny_model_dir):
-    spec = StepSpec(task="lora", setting="nf4")
     config = tiny_config("gpt2")
+    model = build_step_model(config, StepSpec(task="infer", setting=setting), FakeTensorMode())
+    c_attn = model.get_submodule("transformer.h.0.attn.c_attn")
+    assert isinstance(c_attn, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+    assert (c_attn.in_features, c_attn.out_features) == (40, 120)
+    sim = StepSimulator(config, StepSpec(task="infer", setting=setting), layers=2).run(BATCH, SEQ)
+    (forward, *_) = sim.phases
+    expected = predict_setting(build_inventory(config), SETTINGS[setting]).true_bytes
+    assert forward.breakdown["weights"] + forward.breakdown["quant_state"] == expected
+
+
+def test_simulated_int8_step_on_cuda_takes_matmul8bitlt_not_the_cpu_path():
+    """On CUDA bitsandbytes trains LLM.int8() through MatMul8bitLt (int8 copies of each input kept
+    for backward); on the CPU it dequantizes each weight instead. The two simulations must differ."""
+    config = tiny_config("llama")
+    cpu = StepSimulator(config, StepSpec(task="lora", setting="int8"), layers=2).run(BATCH, SEQ)
+    cuda = StepSimulator(config, StepSpec(task="lora", setting="int8", device="cuda"), layers=2).run(BATCH, SEQ)
+    assert cpu.phases[0].breakdown["weights"] == cuda.phases[0].breakdown["weights"]
+    assert cpu.phases != cuda.phases
+
+
+@pytest.mark.parametrize(
+    ("arch", "spec"),
+    [
+        ("gpt2", StepSpec(task="lora", setting="nf4")),
+        ("llama", StepSpec(task="lora", setting="nf4-dq", grad_checkpointing=True)),
+        ("llama", StepSpec(task="lora", setting="int8")),
+        ("llama", StepSpec(task="infer", setting="fp4")),
+    ],
+    ids=["gpt2-qlora", "llama-qlora-dq-gc", "llama-int8-lora", "llama-fp4-forward"],
+)
+def test_simulated_quantized_step_equals_the_real_bitsandbytes_step_phase_by_phase(tiny_model_dir, arch, spec):
+    config = tiny_config(arch)
     fake = StepSimulator(config, spec, layers=2).run(BATCH, SEQ)
-    real_model = _real_prepared(tiny_model_dir, "gpt2", spec)
+    real_model = _real_prepared(tiny_model_dir, arch, spec)
     real = StepSimulator(config, spec, layers=2, real_model=real_model).run(BATCH, SEQ)
     assert fake.phases == real.phases
     assert fake.flops == real.flops

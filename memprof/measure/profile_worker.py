@@ -331,38 +331,27 @@ def _sampler_overhead(fn, median_ms: float, repeats: int, sampler) -> float | No
 def _train(request: dict, setting, model, ids, sampler) -> dict:
 
     from memprof.measure.timing import time_calls
-    from memprof.step import (
-        GRAD_CHECKPOINTING_KWARGS,
-        apply_lora,
-        enable_grad_checkpointing,
-        make_full_trainable,
-        make_optimizer,
-        train_step,
-    )
+    from memprof.step import make_optimizer, prepare_model, train_step
 
     device = request["device"]
     cuda = device == "cuda"
     mode = request["train"]
     gc_on = request.get("grad_checkpointing", False)
     notes = []
+    model = prepare_model(
+        model,
+        task=mode,
+        quantized=setting.quantized,
+        lora_r=request["lora_r"],
+        lora_alpha=request["lora_alpha"],
+        target=request.get("target"),
+        grad_checkpointing=gc_on,
+    )
     if mode == "lora":
-        from peft import prepare_model_for_kbit_training
-
         if setting.quantized:
-            # QLoRA recipe: non-quantized params to fp32, input grads on, optional checkpointing
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gc_on, gradient_checkpointing_kwargs=GRAD_CHECKPOINTING_KWARGS
-            )
             notes.append("prepare_model_for_kbit_training: unquantized params cast to float32")
-        elif gc_on:
-            enable_grad_checkpointing(model, input_grads=True)
-        model = apply_lora(
-            model, r=request["lora_r"], alpha=request["lora_alpha"], target_modules=request.get("target")
-        )
         targets = sorted(model.peft_config["default"].target_modules)
         notes.append(f"LoRA r={request['lora_r']} alpha={request['lora_alpha']} on {', '.join(targets)}")
-    else:
-        make_full_trainable(model, grad_checkpointing=gc_on)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable)
