@@ -22,7 +22,7 @@ BAR_PARTS = (
     ("activations_bytes", "activations", "green"),
     ("inputs_bytes", "inputs", "white"),
     ("kv_cache_bytes", "KV cache", "bright_red"),
-    ("dequant_transient_bytes", "dequant", "bright_black"),
+    ("dequant_transient_bytes", "in-kernel", "bright_black"),  # bitsandbytes kernels' own buffers
     ("gathered_layers_bytes", "gathered", "bright_blue"),
 )
 BAR_WIDTH = 72

@@ -1,0 +1,94 @@
+"""Render the built-in catalogs: models (`memprof models`) and GPUs (`memprof gpus`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from rich.table import Table
+
+from memprof import catalog
+from memprof.catalog import CatalogModel, Gpu
+from memprof.report.common import md_table, render_html
+from memprof.report.plan import significant
+from memprof.report.units import gib
+
+MODELS_HEAD = ["hub id", "aliases", "parameters"]
+
+
+def _models_title() -> str:
+    return f"memprof catalog (default: {catalog.default_model()})"
+
+
+def _model_rows(models: tuple[CatalogModel, ...]) -> list[list[str]]:
+    return [[m.hub_id, ", ".join(m.aliases), f"{m.published_params:,}"] for m in models]
+
+
+def models_table(models: tuple[CatalogModel, ...]) -> Table:
+    table = Table(title=_models_title())
+    table.add_column(MODELS_HEAD[0], style="bold")
+    table.add_column(MODELS_HEAD[1])
+    table.add_column(MODELS_HEAD[2], justify="right")
+    for cells in _model_rows(models):
+        table.add_row(*cells)
+    return table
+
+
+def render_models_md(models: tuple[CatalogModel, ...]) -> str:
+    return "\n".join([f"## {_models_title()}", "", *md_table(MODELS_HEAD, _model_rows(models))]) + "\n"
+
+
+def render_models_html(models: tuple[CatalogModel, ...]) -> str:
+    return render_html(models_table(models), width=120)
+
+
+def render_models_json(models: tuple[CatalogModel, ...]) -> str:
+    """A list of {hub_id, aliases, params}: the shape `memprof models --json` has always printed."""
+    return json.dumps(
+        [{"hub_id": m.hub_id, "aliases": list(m.aliases), "params": m.published_params} for m in models], indent=2
+    )
+
+
+GPUS_TITLE = "GPUs (prices: indicative on-demand USD/hour; override with --gpu-file)"
+GPUS_HEAD = ["GPU", "memory", "CUDA context", "usable", "bf16 TFLOP/s", "GB/s", "$/hour", "note"]
+
+
+def _gpu_rows(gpus: tuple[Gpu, ...]) -> list[list[str]]:
+    rows = []
+    for g in gpus:
+        context = gib(g.context_bytes) + ("" if g.context_measured else f" ({g.context_label})")
+        rows.append(
+            [
+                g.name,
+                gib(g.memory_bytes),
+                context,
+                gib(g.usable_bytes),
+                f"{g.bf16_dense_tflops:,.0f}",
+                f"{g.memory_bandwidth_gbs:,.0f}",
+                "$" + significant(g.usd_per_hour),
+                g.note,
+            ]
+        )
+    return rows
+
+
+def gpus_table(gpus: tuple[Gpu, ...]) -> Table:
+    table = Table(title=GPUS_TITLE)
+    for i, name in enumerate(GPUS_HEAD):
+        table.add_column(name, justify="left" if i in (0, 7) else "right", style="bold" if i == 0 else None)
+    for cells in _gpu_rows(gpus):
+        table.add_row(*cells)
+    return table
+
+
+def render_gpus_md(gpus: tuple[Gpu, ...]) -> str:
+    return "\n".join([f"## {GPUS_TITLE}", "", *md_table(GPUS_HEAD, _gpu_rows(gpus))]) + "\n"
+
+
+def render_gpus_html(gpus: tuple[Gpu, ...]) -> str:
+    return render_html(gpus_table(gpus), width=140)
+
+
+def render_gpus_json(gpus: tuple[Gpu, ...]) -> str:
+    """A list of the cards' fields plus usable_bytes: the shape `memprof gpus --json` has always printed."""
+    return json.dumps([{**dataclasses.asdict(g), "usable_bytes": g.usable_bytes} for g in gpus], indent=2)
