@@ -286,3 +286,15 @@ def test_download_asks_the_hub_once_with_a_short_timeout_before_downloading(monk
     assert "cannot reach" in one_line_error(capsys, "footprint")
     assert len(probes) == 1 and probes[0]["timeout"] == models.DOWNLOAD_TIMEOUT_S <= 5
     assert downloads == []  # hf_hub_download would retry a network error five times with backoff
+
+
+def test_markdown_cells_escape_pipes_and_line_breaks(tmp_path, capsys):
+    """A note from a user's GPU file with a `|` must not split the Markdown row into extra cells."""
+    from memprof.cli import main
+
+    gpu_file = tmp_path / "gpus.json"
+    gpu_file.write_text(json.dumps({"gpus": [{"name": "T4", "note": "spot | preemptible\nEU only"}]}))
+    assert main(["gpus", "--gpu-file", str(gpu_file), "--format", "md"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| T4 "))
+    assert "spot \\| preemptible EU only" in row
+    assert row.replace("\\|", "").count("|") == 9  # 8 cells

@@ -20,4 +20,9 @@ def render_html(renderable, *, width: int) -> str:
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    """A Markdown table; a `|` or line break inside a cell (a note from a user's file) is escaped."""
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
