@@ -9,6 +9,10 @@ class MemprofError(Exception):
     exit_code = 2
 
 
+class OptionError(MemprofError):
+    """Command-line options that contradict each other or do not apply (e.g. --device without --measure)."""
+
+
 class UnknownModelError(MemprofError):
     """MODEL is neither a path, a catalog name, nor a model in the local HF cache."""
 
@@ -55,3 +59,7 @@ class GpuFileError(MemprofError):
 
 class PlanOptionError(MemprofError):
     """A `memprof plan` option out of range or a combination it cannot plan (unknown task or GPU, full on nf4)."""
+
+
+class ValidateOptionError(MemprofError):
+    """A `memprof validate` option it cannot run: an unknown task, a sequence length below 1, an unknown device."""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memprof import catalog
+from memprof.errors import OptionError
 from memprof.inventory import Inventory, installed_transformers_version, inventory_for
 from memprof.measure.load import MeasuredLoad
 from memprof.models import ResolvedModel, resolve_model
@@ -165,7 +166,7 @@ def footprint(
     settings: str | tuple[Setting, ...] | None = None,
     dtype: str | None = None,
     measure: bool = False,
-    device: str = "cpu",
+    device: str | None = None,
     allow_download: bool = False,
     trust_remote_code: bool = False,
     on_progress: Callable[[str], None] | None = None,
@@ -174,7 +175,14 @@ def footprint(
 
     With `measure=True` each setting is also loaded for real in a fresh subprocess on `device` and
     the measured `get_memory_footprint()` and true bytes are compared with the prediction.
+    `device` (default cpu) applies only with `measure=True`: the prediction loads nothing.
     """
+    if device is not None and not measure:
+        raise OptionError(
+            f"--device {device} only applies with --measure (the prediction loads nothing): "
+            f"add --measure to load the model on {device}, or drop --device"
+        )
+    device = device or "cpu"
     resolved = resolve_model(model, allow_download=allow_download)
     chosen = settings if isinstance(settings, tuple) else parse_settings(settings, dtype=dtype)
     inventory = inventory_for(resolved, trust_remote_code=trust_remote_code)

@@ -298,3 +298,13 @@ def test_markdown_cells_escape_pipes_and_line_breaks(tmp_path, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| T4 "))
     assert "spot \\| preemptible EU only" in row
     assert row.replace("\\|", "").count("|") == 9  # 8 cells
+
+
+def test_python_footprint_rejects_a_device_without_measure():
+    """The library says what the CLI says: a device for a prediction that loads nothing is an error."""
+    from memprof import footprint
+    from memprof.errors import OptionError
+
+    with pytest.raises(OptionError, match="only applies with --measure"):
+        footprint("openai-community/gpt2", device="cuda")
+    assert footprint("openai-community/gpt2", settings="fp32").device is None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.errors import MemprofError
+from memprof.errors import MemprofError, OptionError
 from memprof.report import FORMATS
 from memprof.report.jsonout import render_json
 
@@ -74,7 +74,7 @@ def output_format(args: argparse.Namespace) -> str:
 
     Commands call it first, so a contradiction is one line before any work, not after it."""
     if args.json and args.format not in (None, "json"):
-        raise MemprofError(
+        raise OptionError(
             f"--json and --format {args.format} contradict each other: give --json (same as --format json) "
             f"or --format {args.format}, not both"
         )

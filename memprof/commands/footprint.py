@@ -12,7 +12,6 @@ import sys
 from rich.console import Console
 
 from memprof.commands._common import add_model_args, add_output_args, add_settings_arg, emit, output_format
-from memprof.errors import MemprofError
 from memprof.footprint import footprint
 from memprof.report.footprint import footprint_renderables, render_footprint_html, render_footprint_md
 
@@ -37,12 +36,6 @@ class FootprintCommand:
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         output_format(args)  # a --json/--format contradiction is one line before any work
-        if args.device is not None and not args.measure:
-            # the prediction loads nothing, so a device without --measure would be silently ignored
-            raise MemprofError(
-                f"--device {args.device} only applies with --measure (the prediction loads nothing): "
-                f"add --measure to load the model on {args.device}, or drop --device"
-            )
         err = Console(stderr=True)
         with err.status("measuring…") if args.measure else _nullcontext() as status:
             report = footprint(
@@ -50,7 +43,7 @@ class FootprintCommand:
                 settings=args.settings,
                 dtype=args.dtype,
                 measure=args.measure,
-                device=args.device or "cpu",
+                device=args.device,
                 allow_download=args.allow_download,
                 trust_remote_code=args.trust_remote_code,
                 on_progress=(lambda msg: status.update(msg)) if status is not None else None,
