@@ -9,7 +9,15 @@ from rich.console import Console
 
 from memprof import catalog
 from memprof.commands._common import add_output_args, emit, output_format
-from memprof.report.catalog import gpus_table, render_gpus_html, render_gpus_json, render_gpus_md
+from memprof.report.catalog import (
+    context_table,
+    gpus_table,
+    render_context_html,
+    render_context_md,
+    render_gpus_html,
+    render_gpus_json,
+    render_gpus_md,
+)
 
 GPU_FILE_HELP = (
     'JSON file of cards to add or override: {"gpus": [ENTRY, ...]}. An entry named like a shipped card (see '
@@ -26,10 +34,28 @@ class GpusCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
+        parser.add_argument(
+            "--measure-context",
+            action="store_true",
+            help="measure this machine's CUDA context (NVML used minus torch's reserved memory, in a process that "
+            "has not touched CUDA) and print it with a --gpu-file entry that gives it to `memprof plan`",
+        )
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         output_format(args)  # a --json/--format contradiction is one line
+        if args.measure_context:
+            from memprof.measure.context import measure_cuda_context
+
+            emit(
+                measure_cuda_context(),
+                args,
+                console,
+                table=context_table,
+                md=render_context_md,
+                html=render_context_html,
+            )
+            return 0
         emit(
             catalog.gpus_with(args.gpu_file),
             args,

@@ -9,9 +9,10 @@ from rich.table import Table
 
 from memprof import catalog
 from memprof.catalog import CatalogModel, Gpu
+from memprof.measure.context import CudaContext
 from memprof.report.common import md_table, render_html
 from memprof.report.plan import significant
-from memprof.report.units import gib
+from memprof.report.units import gib, human_bytes
 
 MODELS_HEAD = ["hub id", "aliases", "parameters"]
 
@@ -92,3 +93,38 @@ def render_gpus_html(gpus: tuple[Gpu, ...]) -> str:
 def render_gpus_json(gpus: tuple[Gpu, ...]) -> str:
     """A list of the cards' fields plus usable_bytes: the shape `memprof gpus --json` has always printed."""
     return json.dumps([{**dataclasses.asdict(g), "usable_bytes": g.usable_bytes} for g in gpus], indent=2)
+
+
+def _context_rows(ctx: CudaContext) -> list[list[str]]:
+    return [
+        [
+            "device",
+            ctx.device_name + (f" (catalog: {ctx.catalog_name})" if ctx.catalog_name else " (not in the catalog)"),
+        ],
+        ["driver / torch / CUDA", f"{ctx.driver or '?'} / {ctx.torch_version} / {ctx.cuda_version or '?'}"],
+        ["NVML used before CUDA init", human_bytes(ctx.used_before_bytes)],
+        ["NVML used after init + GEMMs", human_bytes(ctx.used_after_bytes)],
+        ["torch reserved", human_bytes(ctx.reserved_bytes)],
+        ["CUDA context (after - before - reserved)", f"{human_bytes(ctx.context_bytes)} ({ctx.context_bytes:,} bytes)"],
+        ["--gpu-file entry", json.dumps({"gpus": [ctx.gpu_file_entry()]})],
+    ]
+
+
+_CONTEXT_TITLE = "CUDA context of this machine (measured)"
+
+
+def context_table(ctx: CudaContext) -> Table:
+    table = Table(title=_CONTEXT_TITLE, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for cells in _context_rows(ctx):
+        table.add_row(*cells)
+    return table
+
+
+def render_context_md(ctx: CudaContext) -> str:
+    return "\n".join([f"## {_CONTEXT_TITLE}", "", *md_table(["what", "value"], _context_rows(ctx))]) + "\n"
+
+
+def render_context_html(ctx: CudaContext) -> str:
+    return render_html(context_table(ctx), width=140)
