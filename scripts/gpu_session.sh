@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Everything issues #4 (profile) and #5 (plan) need measured on a GPU, in ONE device-tool run, most
+# important first, each step cut off so the whole run ends within BUDGET_S seconds (default 500).
+#
+#   here:    scripts/fetch_gpu_wheels.sh
+#   device:  run(command="bash scripts/gpu_session.sh", carry=[".whl"], timeout_s=600)
+#   here:    tar xzf <files_at>/gpu-reports.tar.gz   # -> reports/gpu/, then commit
+#
+# 1. the CUDA context of the card (memprof gpus --measure-context; a --gpu-file entry for plan)
+# 2. plan vs profile, Llama-3.2-1B shape: infer / lora (bf16) / qlora (nf4-dq) at seq 512, 1024, 2048
+# 3. profile Llama-3.2-1B shape at all five settings (LoRA, QLoRA on 4-bit), batch 1 x 512
+# 4. plan vs profile, Qwen2.5-0.5B (a second architecture)
+# 5. profile Qwen2.5-0.5B at all five settings; 6. full fine-tune; 7. offload under a 1 GiB budget
+# Models are random weights made from the catalog configs: nothing is downloaded.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUDGET_S=${BUDGET_S:-500}
+OUT=${OUT:-/tmp/memprof-gpu-out}
+mkdir -p "$OUT" reports/gpu
+LOG="$OUT/session.log"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "wheel install failed" | tee -a "$LOG"; exit 3; }
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1 MEMPROF_CACHE_DIR=/tmp/memprof-cache COLUMNS=160
+PY=${PY:-python3}
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+    "$PY" -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)"
+} 2>&1 | tee -a "$LOG"
+
+started=$SECONDS
+step() {  # step NAME CMD...: run with what is left of the budget; a failure does not stop the others
+    local name=$1; shift
+    local left=$(( BUDGET_S - (SECONDS - started) ))
+    if [ "$left" -lt 40 ]; then echo "== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"; return; fi
+    echo "== $name ($left s left): $*" | tee -a "$LOG"
+    local t0=$SECONDS
+    timeout --signal=INT --kill-after=15 "$left" "$@" >>"$LOG" 2>&1
+    echo "== $name: exit $? after $(( SECONDS - t0 ))s" | tee -a "$LOG"
+}
+L=meta-llama/Llama-3.2-1B
+Q=Qwen/Qwen2.5-0.5B
+ALL=fp32,bf16,int8,nf4,nf4-dq
+step context $PY -m memprof gpus --measure-context --json --out reports/gpu/cuda-context.json
+step validate-llama $PY -m memprof validate $L --device cuda --seqs 512,1024,2048 --format md \
+    --out reports/gpu/validate-llama-3.2-1b.md --save reports/gpu/validate-llama-3.2-1b.json
+step profile-llama $PY -m memprof profile $L --device cuda --settings $ALL --train lora --seq 512 --repeats 5 \
+    --out reports/gpu/profile-llama-3.2-1b-lora.json --format md
+step validate-qwen $PY -m memprof validate $Q --device cuda --seqs 512,1024,2048 --format md \
+    --out reports/gpu/validate-qwen2.5-0.5b.md --save reports/gpu/validate-qwen2.5-0.5b.json
+step profile-qwen $PY -m memprof profile $Q --device cuda --settings $ALL --train lora --seq 512 --repeats 5 \
+    --out reports/gpu/profile-qwen2.5-0.5b-lora.json --format md
+step profile-full $PY -m memprof profile $L --device cuda --settings fp32,bf16 --train full --seq 512 --repeats 5 \
+    --out reports/gpu/profile-llama-3.2-1b-full.json --format md
+step offload $PY -m memprof profile $L --device cuda --settings bf16,nf4 --train none --max-gpu-memory 1GiB \
+    --out reports/gpu/profile-llama-3.2-1b-offload.json --format md
+for json in reports/gpu/profile-*.json; do  # Markdown beside each saved profile (stdout went to the log)
+    [ -f "$json" ] && $PY -m memprof report "$json" --format md --out "${json%.json}.md" >>"$LOG" 2>&1
+done
+tar czf "$OUT/gpu-reports.tar.gz" reports/gpu
+echo "done in $(( SECONDS - started ))s; reports/gpu packed into $OUT/gpu-reports.tar.gz" | tee -a "$LOG"
