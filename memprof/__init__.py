@@ -15,6 +15,7 @@ from memprof.models import ResolvedModel, resolve_model
 from memprof.plan import PlanReport, plan
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.settings import SETTINGS, Setting, parse_settings
+from memprof.validate import ValidationReport, ValidationRow, validate
 
 __all__ = [
     "SETTINGS",
@@ -28,6 +29,8 @@ __all__ = [
     "Setting",
     "SettingFootprint",
     "SettingPrediction",
+    "ValidationReport",
+    "ValidationRow",
     "footprint",
     "inventory_for",
     "lora_params",
@@ -36,4 +39,5 @@ __all__ = [
     "plan",
     "predict_setting",
     "resolve_model",
+    "validate",
 ]

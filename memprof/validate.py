@@ -1,0 +1,354 @@
+"""`validate`: memprof's own prediction error, published. `plan` predicts a step's peak memory and
+`profile` measures the same step for real; one row per (task, seq) shows both side by side.
+
+Mapping (the same batch, seq and LoRA options on both sides):
+- infer: plan(task="infer", setting="bf16", new_tokens=0) vs profile's bf16 forward peak
+- lora:  plan(task="lora", setting="bf16") vs profile's bf16 train="lora" training-step peak
+- qlora: plan(task="qlora", setting="nf4-dq") vs profile's nf4-dq train="lora" (QLoRA) training-step peak
+
+Profile runs are grouped: one `profile` call per seq measures every setting needed at that seq,
+and a bf16 run with train="lora" gives both the forward (infer) and the training (lora) peak.
+On the CPU the measured peak is the exact live-tensor peak; on CUDA, the allocator peak
+(torch.cuda.max_memory_allocated), with the reserved and NVML peaks next to it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memprof.errors import ValidateOptionError
+from memprof.step import DEFAULT_LORA_R
+
+VALIDATE_KIND = "memprof.validate"
+VALIDATE_VERSION = 1
+DEFAULT_SEQS = (128, 256, 512)
+DEFAULT_TASKS = ("infer", "lora", "qlora")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class _TaskMap:
+    setting: str  # the load setting of both plan and profile
+    phase: str  # the profile phase whose peak is compared: "forward" or "train"
+    train: str  # the profile train mode that measures it
+
+
+TASK_MAP = {
+    "infer": _TaskMap("bf16", "forward", "none"),
+    "lora": _TaskMap("bf16", "train", "lora"),
+    "qlora": _TaskMap("nf4-dq", "train", "lora"),
+}
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    """One (task, seq): plan's prediction next to profile's measurement of the same step."""
+
+    task: str
+    setting: str
+    seq: int
+    batch: int
+    predicted_bytes: int  # plan's breakdown.total_bytes (without the CUDA context)
+    predicted_traced_bytes: int  # predicted_bytes minus the kernel transient: what the simulation traced
+    kernel_transient_bytes: int  # plan's breakdown.dequant_transient_bytes
+    predicted_phase: str  # the step phase at plan's peak (forward, backward, optimizer, ...)
+    measured_bytes: int | None = None  # profile's peak_bytes: live tensors on CPU, allocator peak on CUDA
+    error_pct: float | None = None  # 100 * (predicted - measured) / measured
+    traced_error_pct: float | None = None  # 100 * (predicted_traced - measured) / measured
+    reserved_peak_bytes: int | None = None  # CUDA: torch.cuda.max_memory_reserved()
+    device_peak_bytes: int | None = None  # CUDA: NVML used memory, sampled (CUDA context included)
+    fragmentation_bytes: int | None = None  # reserved peak - allocated peak
+    context_bytes: int | None = None  # NVML peak - reserved peak: the CUDA context and memory outside torch
+    error: str | None = None  # the measurement failed (out of memory, timeout, crash)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    model: str
+    device: str
+    batch: int
+    seqs: tuple[int, ...]
+    tasks: tuple[str, ...]
+    lora_r: int
+    lora_alpha: float
+    target: str | tuple[str, ...] | None  # as given (None: peft's default targets)
+    repeats: int
+    warmup: int
+    rows: tuple[ValidationRow, ...]
+    max_abs_error_pct: float | None  # over the measured rows; None if none was measured
+    max_abs_traced_error_pct: float | None
+    max_abs_traced_diff_bytes: int | None  # max |predicted_traced - measured|: 0 on the CPU when exact
+    env: dict
+    weights: str = ""
+    command: str | None = None  # the command line that made the report, when run from the CLI
+    created: str = ""
+    notes: tuple[str, ...] = ()
+    kind: str = VALIDATE_KIND
+    version: int = VALIDATE_VERSION
+
+
+def parse_seqs(seqs: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """'128,256,512' -> (128, 256, 512), in the given order, without repeats; each at least 1."""
+    items = [t.strip() for t in seqs.split(",") if t.strip()] if isinstance(seqs, str) else list(seqs)
+    if not items:
+        raise ValidateOptionError("--seqs needs a comma list of sequence lengths, e.g. --seqs 128,256,512")
+    out: list[int] = []
+    for item in items:
+        try:
+            value = int(str(item).strip()) if not isinstance(item, bool) else 0
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValidateOptionError(f"--seqs takes positive integers, not {item!r} (e.g. --seqs 128,256,512)")
+        if value not in out:
+            out.append(value)
+    return tuple(out)
+
+
+def parse_tasks(tasks: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'infer,qlora' -> ('infer', 'qlora'); each one of infer, lora, qlora."""
+    items = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
+    if not items:
+        raise ValidateOptionError(f"--tasks needs a comma list of {', '.join(TASK_MAP)}, e.g. --tasks infer,lora")
+    out: list[str] = []
+    for item in items:
+        if item not in TASK_MAP:
+            raise ValidateOptionError(f"unknown task {item!r} in --tasks; use any of {', '.join(TASK_MAP)}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _pct(predicted: int, measured: int | None) -> float | None:
+    if not measured:
+        return None
+    return 100 * (predicted - measured) / measured
+
+
+def _max_abs(values):
+    return max((abs(v) for v in values if v is not None), default=None)
+
+
+def _profile_groups(tasks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """train mode -> the settings one profile call per seq runs in that mode.
+
+    bf16 with train="lora" measures the forward too, so infer needs a train="none" run only without lora."""
+    groups: dict[str, list[str]] = {}
+    for task in tasks:
+        m = TASK_MAP[task]
+        if task == "infer" and "lora" in tasks:
+            continue
+        groups.setdefault(m.train, [])
+        if m.setting not in groups[m.train]:
+            groups[m.train].append(m.setting)
+    return {train: tuple(settings) for train, settings in groups.items()}
+
+
+def validate(
+    model: str | None = None,
+    *,
+    device: str = "cpu",
+    batch: int = 1,
+    seqs: str | tuple[int, ...] = DEFAULT_SEQS,
+    tasks: str | tuple[str, ...] = DEFAULT_TASKS,
+    lora_r: int = DEFAULT_LORA_R,
+    lora_alpha: float | None = None,
+    target: str | tuple[str, ...] | None = None,
+    repeats: int = 1,
+    warmup: int = 1,
+    threads: int | None = None,
+    timeout_s: float | None = None,
+    allow_download: bool = False,
+    trust_remote_code: bool = False,
+    command: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
+    """Predict (plan) and measure (profile) MODEL's peak memory for every task and seq; one row each.
+
+    All plans run first, so a user error (a seq beyond the model's positions, an unknown target) is
+    raised before anything is measured. A measurement that fails (out of memory, `timeout_s`, a
+    crash) is a row with its `error`; the other rows go on. Timing is not the point: `repeats` and
+    `warmup` are kept small.
+    """
+    from memprof.lora import parse_alpha, parse_rank
+    from memprof.measure.load import check_device
+    from memprof.plan import plan
+    from memprof.profile import profile
+    from memprof.settings import get_setting
+    from memprof.step import default_alpha
+
+    if device not in DEVICES:
+        raise ValidateOptionError(f"unknown --device {device!r}; use cpu or cuda")
+    chosen_tasks = parse_tasks(tasks)
+    chosen_seqs = parse_seqs(seqs)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValidateOptionError(f"--batch must be an integer >= 1, not {batch!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValidateOptionError(f"--threads must be an integer >= 1, not {threads!r}")
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):  # NaN too
+        raise ValidateOptionError(f"--timeout must be a number of seconds > 0, not {timeout_s!r}")
+    lora_r = parse_rank(lora_r)
+    lora_alpha = default_alpha(lora_r, parse_alpha(lora_alpha))
+    check_device(device, tuple(get_setting(TASK_MAP[t].setting) for t in chosen_tasks))
+    say = on_progress or (lambda _msg: None)
+
+    # -- predictions: all of them first (fast, and the user errors come before any measurement) --
+    predictions = {}
+    for task in chosen_tasks:
+        for seq in chosen_seqs:
+            say(f"plan {task} seq {seq}")
+            predictions[task, seq] = plan(
+                model,
+                task=task,
+                setting=TASK_MAP[task].setting,
+                batch=batch,
+                seq=seq,
+                new_tokens=0,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
+                target=target,
+                device=device,
+                allow_download=allow_download,
+                trust_remote_code=trust_remote_code,
+            )
+
+    # -- measurements: one profile call per (train mode, seq), every setting it needs ------------
+    measured = {}  # (train mode, seq) -> ProfileReport
+    for seq in chosen_seqs:
+        for train, settings in _profile_groups(chosen_tasks).items():
+
+            def progress(setting: str, phase: str, seq=seq) -> None:
+                say(f"profile seq {seq}" + (f" {setting}" if setting else "") + f": {phase}")
+
+            measured[train, seq] = profile(
+                model,
+                settings=",".join(settings),
+                device=device,
+                batch=batch,
+                seq=seq,
+                repeats=repeats,
+                warmup=warmup,
+                train=train,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
+                target=target,
+                threads=threads,
+                allow_download=allow_download,
+                trust_remote_code=trust_remote_code,
+                on_progress=progress,
+                timeout_s=timeout_s,
+            )
+
+    rows = []
+    for task in chosen_tasks:
+        m = TASK_MAP[task]
+        train = "lora" if task == "infer" and "lora" in chosen_tasks else m.train
+        for seq in chosen_seqs:
+            predicted = predictions[task, seq]
+            result = next(s for s in measured[train, seq].settings if s.setting == m.setting)
+            rows.append(_row(task, seq, batch, predicted, result, m.phase))
+    first = next(iter(measured.values()))
+    return ValidationReport(
+        model=first.model,
+        device=device,
+        batch=batch,
+        seqs=chosen_seqs,
+        tasks=chosen_tasks,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        target=target,
+        repeats=repeats,
+        warmup=warmup,
+        rows=tuple(rows),
+        max_abs_error_pct=_max_abs(r.error_pct for r in rows),
+        max_abs_traced_error_pct=_max_abs(r.traced_error_pct for r in rows),
+        max_abs_traced_diff_bytes=_max_abs(
+            r.predicted_traced_bytes - r.measured_bytes for r in rows if r.measured_bytes is not None
+        ),
+        env=first.env,
+        weights=first.weights,
+        command=command,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        notes=_notes(device, chosen_tasks, repeats, warmup),
+    )
+
+
+def _row(task: str, seq: int, batch: int, predicted, result, phase: str) -> ValidationRow:
+    """A row from plan's PlanReport and profile's SettingProfile (its `phase`: forward or train)."""
+    bd = predicted.breakdown
+    traced = bd.total_bytes - bd.dequant_transient_bytes
+    base = dict(
+        task=task,
+        setting=predicted.setting,
+        seq=seq,
+        batch=batch,
+        predicted_bytes=bd.total_bytes,
+        predicted_traced_bytes=traced,
+        kernel_transient_bytes=bd.dequant_transient_bytes,
+        predicted_phase=bd.peak_phase,
+    )
+    peak = getattr(result, phase)
+    if peak is None:
+        why = result.error or f"profile returned no {phase} result"
+        if result.error and result.failed_phase not in (None, phase):
+            why = f"{result.error} (before the {phase} phase)"
+        return ValidationRow(**base, error=why)
+    reserved, nvml = peak.reserved_peak_bytes, peak.device_peak_bytes
+    return ValidationRow(
+        **base,
+        measured_bytes=peak.peak_bytes,
+        error_pct=_pct(bd.total_bytes, peak.peak_bytes),
+        traced_error_pct=_pct(traced, peak.peak_bytes),
+        reserved_peak_bytes=reserved,
+        device_peak_bytes=nvml,
+        fragmentation_bytes=None if reserved is None else reserved - peak.peak_bytes,
+        context_bytes=None if reserved is None or nvml is None else nvml - reserved,
+    )
+
+
+def _notes(device: str, tasks: tuple[str, ...], repeats: int, warmup: int) -> tuple[str, ...]:
+    what = {
+        "infer": "infer: plan --task infer --setting bf16 vs profile's bf16 no-grad forward peak",
+        "lora": "lora: plan --task lora --setting bf16 vs profile's bf16 LoRA training-step peak",
+        "qlora": "qlora: plan --task qlora --setting nf4-dq vs profile's nf4-dq QLoRA training-step peak",
+    }
+    notes = [
+        f"Compared, at the same batch, seq and LoRA options: {'; '.join(what[t] for t in tasks)}. "
+        f"predicted is plan's peak total (plan --device {device}), without the CUDA context; error % is "
+        "100 x (predicted - measured) / measured.",
+    ]
+    if device == "cpu":
+        notes.append(
+            "measured is profile's exact live-tensor peak on the CPU (a dispatch-mode tracker of every tensor "
+            "storage). plan's kernel-transient line (bitsandbytes' dequantized weight inside gemm_4bit; the int32 "
+            "product of int8) lives inside a kernel that the tracker cannot see, so on the CPU it is untraced: "
+            "traced = predicted - kernel transient is what the simulation traced and should equal measured byte "
+            "for byte (traced - measured = 0); predicted exceeds measured by the transient."
+        )
+    else:
+        notes.append(
+            "measured is the CUDA allocator peak (torch.cuda.max_memory_allocated), which sees the kernel transient "
+            "(bitsandbytes allocates it through torch): compare predicted. Next to it: fragmentation = reserved peak "
+            "(max_memory_reserved) - allocated peak, what the caching allocator holds beyond live tensors; context = "
+            "NVML device peak - reserved peak, the CUDA context and memory outside torch's allocator (cuBLAS/NCCL "
+            "workspaces), sampled, so approximate. What a card needs is about predicted + fragmentation + context."
+        )
+    notes.append(
+        f"Timing is not the point here: {repeats} timed repeat(s) after {warmup} warm-up call(s); a training "
+        "step's peak is taken after the warm-up, with the optimizer states allocated."
+    )
+    return tuple(notes)
+
+
+__all__ = [
+    "DEFAULT_SEQS",
+    "DEFAULT_TASKS",
+    "TASK_MAP",
+    "ValidationReport",
+    "ValidationRow",
+    "parse_seqs",
+    "parse_tasks",
+    "validate",
+]
