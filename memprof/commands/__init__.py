@@ -10,6 +10,7 @@ from memprof.commands.models import ModelsCommand
 from memprof.commands.plan import PlanCommand
 from memprof.commands.profile import ProfileCommand
 from memprof.commands.report import ReportCommand
+from memprof.commands.validate import ValidateCommand
 
 COMMANDS = (
     FootprintCommand(),
@@ -19,5 +20,6 @@ COMMANDS = (
     ReportCommand(),
     CompareCommand(),
     PlanCommand(),
+    ValidateCommand(),
     GpusCommand(),
 )
