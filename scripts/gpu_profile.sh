@@ -39,3 +39,21 @@ run llama-3.2-1b-full meta-llama/Llama-3.2-1B --settings fp32,bf16 --train full 
 run qwen2.5-0.5b-lora Qwen/Qwen2.5-0.5B --settings fp32,bf16,int8,nf4,nf4-dq --train lora --batch 1 --seq 512
 # 4. CPU offload under a T4-sized budget (15 GiB is more than 1B needs: use 1GiB to force offload)
 run llama-3.2-1b-offload meta-llama/Llama-3.2-1B --settings bf16,nf4 --train none --max-gpu-memory 1GiB
+
+# 5. memprof's own prediction error on the GPU: plan's predicted peak vs the measured allocator peak
+#    (with reserved and NVML peaks, fragmentation and context) for infer / lora / qlora
+validate_run() {  # validate_run NAME MODEL: writes reports/validate-cuda-NAME-GPU-DATE.{md,json}
+  local name=$1 model=$2
+  local base="reports/validate-cuda-${name}-${GPU}-${STAMP}"
+  echo "== $name: memprof validate $model --device cuda --seqs 512,1024,2048" >&2
+  local rc=0
+  "$PY" -m memprof validate "$model" --device cuda --seqs 512,1024,2048 --format md --out "$base.md" \
+      --save "$base.json" || rc=$?
+  case $rc in
+    0) echo "   wrote $base.md and $base.json" >&2 ;;
+    1) echo "   some rows failed (they say why); wrote $base.md and $base.json" >&2 ;;
+    *) echo "   FAILED (exit $rc): see above" >&2 ;;
+  esac
+}
+validate_run llama-3.2-1b meta-llama/Llama-3.2-1B
+validate_run qwen2.5-0.5b Qwen/Qwen2.5-0.5B
