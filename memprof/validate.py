@@ -88,6 +88,24 @@ class ValidationReport:
     kind: str = VALIDATE_KIND
     version: int = VALIDATE_VERSION
 
+    @classmethod
+    def from_json(cls, data: dict) -> ValidationReport:
+        """Rebuild a report from its JSON (`--save` / `--json`); ResultFileError, naming the field, if it is not one."""
+        from memprof.errors import ResultFileError
+        from memprof.profile import fields_from_json
+
+        if not isinstance(data, dict) or data.get("kind") != VALIDATE_KIND:
+            raise ResultFileError(f'not a memprof validate result (its "kind" is not "{VALIDATE_KIND}")')
+        values = fields_from_json(cls, data)
+        values["rows"] = tuple(
+            ValidationRow(**fields_from_json(ValidationRow, row, f"rows[{i}]")) for i, row in enumerate(values["rows"])
+        )
+        for name in ("seqs", "tasks", "notes"):
+            values[name] = tuple(values[name])
+        if isinstance(values["target"], list):
+            values["target"] = tuple(values["target"])
+        return cls(**values)
+
 
 def parse_seqs(seqs: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """'128,256,512' -> (128, 256, 512), in the given order, without repeats; each at least 1."""
@@ -131,18 +149,19 @@ def _max_abs(values):
     return max((abs(v) for v in values if v is not None), default=None)
 
 
-def _profile_groups(tasks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """train mode -> the settings one profile call per seq runs in that mode.
+def _train_mode(task: str, tasks: tuple[str, ...]) -> str:
+    """The profile train mode whose run measures `task`: bf16 with train="lora" measures the
+    forward too, so infer shares lora's run when both are asked for."""
+    return "lora" if task == "infer" and "lora" in tasks else TASK_MAP[task].train
 
-    bf16 with train="lora" measures the forward too, so infer needs a train="none" run only without lora."""
+
+def _profile_groups(tasks: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """train mode -> the settings that one profile call per seq runs in that mode."""
     groups: dict[str, list[str]] = {}
     for task in tasks:
-        m = TASK_MAP[task]
-        if task == "infer" and "lora" in tasks:
-            continue
-        groups.setdefault(m.train, [])
-        if m.setting not in groups[m.train]:
-            groups[m.train].append(m.setting)
+        settings = groups.setdefault(_train_mode(task, tasks), [])
+        if TASK_MAP[task].setting not in settings:
+            settings.append(TASK_MAP[task].setting)
     return {train: tuple(settings) for train, settings in groups.items()}
 
 
@@ -244,10 +263,10 @@ def validate(
     rows = []
     for task in chosen_tasks:
         m = TASK_MAP[task]
-        train = "lora" if task == "infer" and "lora" in chosen_tasks else m.train
         for seq in chosen_seqs:
             predicted = predictions[task, seq]
-            result = next(s for s in measured[train, seq].settings if s.setting == m.setting)
+            run = measured[_train_mode(task, chosen_tasks), seq]
+            result = next(s for s in run.settings if s.setting == m.setting)
             rows.append(_row(task, seq, batch, predicted, result, m.phase))
     first = next(iter(measured.values()))
     return ValidationReport(

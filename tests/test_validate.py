@@ -133,9 +133,9 @@ def _cuda_report() -> ValidationReport:
 @pytest.mark.parametrize("render", [render_validate_md, _text], ids=["md", "text"])
 def test_cuda_rows_show_reserved_nvml_fragmentation_and_context_and_failures_say_why(render):
     text = " ".join(render(_cuda_report()).split())
-    for header in ("reserved", "fragmen", "NVML", "context", "GiB"):  # the terminal breaks headers in lines
+    for header in ("reserved", "fragmen", "NVML", "context", "MiB"):  # the terminal breaks headers in lines
         assert header in text
-    assert "0.49" in text  # the 500 MiB context, in GiB
+    assert "500.00" in text  # the context; sizes below 10 GiB in MiB, so that 2 decimals keep 3 digits
     assert "qlora seq 2,048 (nf4-dq) failed: out of memory during train" in text
     assert "1 failed" in text
     assert "traced" not in text.split("max |error|")[0]  # on CUDA the allocator sees the kernel transient
@@ -204,3 +204,16 @@ def test_seqs_and_tasks_keep_their_order_without_repeats():
     assert parse_tasks("qlora,infer,qlora") == ("qlora", "infer")
     with pytest.raises(ValidateOptionError):
         parse_seqs([True])
+
+
+def test_one_profile_run_per_seq_measures_the_forward_and_lora_step_together():
+    from memprof.validate import _profile_groups
+
+    assert _profile_groups(("infer", "lora", "qlora")) == {"lora": ("bf16", "nf4-dq")}
+    assert _profile_groups(("infer",)) == {"none": ("bf16",)}  # no training step when none is compared
+    assert _profile_groups(("infer", "qlora")) == {"none": ("bf16",), "lora": ("nf4-dq",)}
+
+
+def test_saved_json_rebuilds_the_same_report():
+    report = _cuda_report()
+    assert ValidationReport.from_json(json.loads(render_json(report))) == report

@@ -45,9 +45,10 @@ def pct(x: float | None) -> str:
 
 
 def _unit(report: ValidationReport) -> tuple[str, int]:
-    """The largest binary unit in which the largest prediction is at least 1."""
+    """The largest binary unit in which the largest prediction is at least 10: with 2 decimals,
+    every size keeps at least 3 significant digits (1,126.40 MiB, not 1.10 GiB)."""
     largest = max((r.predicted_bytes for r in report.rows), default=0)
-    return next(((name, scale) for name, scale in UNITS if largest >= scale), ("bytes", 1))
+    return next(((name, scale) for name, scale in UNITS if largest >= 10 * scale), ("bytes", 1))
 
 
 def _diff(row: ValidationRow) -> str:
