@@ -10,7 +10,8 @@
 # 2. plan vs profile, Llama-3.2-1B shape: infer / lora (bf16) / qlora (nf4-dq) at seq 512, 1024, 2048
 # 3. profile Llama-3.2-1B shape at all five settings (LoRA, QLoRA on 4-bit), batch 1 x 512
 # 4. plan vs profile, Qwen2.5-0.5B (a second architecture)
-# 5. profile Qwen2.5-0.5B at all five settings; 6. full fine-tune; 7. offload under a 1 GiB budget
+# 5. profile Qwen2.5-0.5B at all five settings; 6. full fine-tune; 7. batch 4 x 2048 with checkpointing;
+# 8. offload under a 1 GiB budget
 # Models are random weights made from the catalog configs: nothing is downloaded.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +59,8 @@ step profile-qwen $PY -m memprof profile $Q --device cuda --settings $ALL --trai
     --out reports/gpu/profile-qwen2.5-0.5b-lora.json --format md
 step profile-full $PY -m memprof profile $L --device cuda --settings fp32,bf16 --train full --seq 512 --repeats 5 \
     --out reports/gpu/profile-llama-3.2-1b-full.json --format md
+step profile-llama-b4-gc $PY -m memprof profile $L --device cuda --settings $ALL --train lora --batch 4 --seq 2048 \
+    --grad-checkpointing --repeats 3 --out reports/gpu/profile-llama-3.2-1b-lora-b4s2048-gc.json --format md
 step offload $PY -m memprof profile $L --device cuda --settings bf16,nf4 --train none --max-gpu-memory 1GiB \
     --out reports/gpu/profile-llama-3.2-1b-offload.json --format md
 for json in reports/gpu/profile-*.json; do  # Markdown beside each saved profile (stdout went to the log)
