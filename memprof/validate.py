@@ -193,9 +193,11 @@ def validate(
     """
     from memprof.lora import parse_alpha, parse_rank
     from memprof.measure.load import check_device
+    from memprof.models import resolve_model
     from memprof.plan import plan
     from memprof.profile import profile
     from memprof.settings import get_setting
+    from memprof.simulate import max_positions
     from memprof.step import default_alpha
 
     if device not in DEVICES:
@@ -212,6 +214,12 @@ def validate(
     lora_alpha = default_alpha(lora_r, parse_alpha(lora_alpha))
     check_device(device, tuple(get_setting(TASK_MAP[t].setting) for t in chosen_tasks))
     say = on_progress or (lambda _msg: None)
+    resolved = resolve_model(model, allow_download=allow_download)
+    limit = max_positions(resolved.config)
+    if limit is not None and max(chosen_seqs) > limit:
+        raise ValidateOptionError(
+            f"--seqs {max(chosen_seqs)} is longer than the model's {limit} positions; use lengths <= {limit}"
+        )
 
     # -- predictions: all of them first (fast, and the user errors come before any measurement) --
     predictions = {}

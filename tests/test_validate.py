@@ -176,7 +176,7 @@ def one_line_error(capsys) -> str:
         (["--r", "0"], "rank must be a positive integer"),
         (["--timeout", "0"], "--timeout must be a number of seconds > 0"),
         (["--json", "--format", "md"], "contradict"),
-        (["--seqs", "4096"], "longer than the model's 128 positions"),
+        (["--seqs", "64,4096"], "--seqs 4096 is longer than the model's 128 positions"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, capsys, extra, fragment):
