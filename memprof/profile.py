@@ -202,8 +202,10 @@ def read_result_json(path: Path) -> dict:
 
 
 def load_result(path: Path):
-    """A saved `memprof profile` or `memprof footprint --json` result, told apart by its "kind"."""
+    """A saved `memprof profile`, `memprof footprint --json` or `memprof validate --save` result,
+    told apart by its "kind"."""
     from memprof.footprint import FOOTPRINT_KIND
+    from memprof.validate import VALIDATE_KIND, ValidationReport
 
     path = Path(path)
     data = read_result_json(path)
@@ -218,10 +220,16 @@ def load_result(path: Path):
             return _footprint_from_json(data)
         except ResultFileError as exc:
             raise ResultFileError(f"{path} is not a valid memprof footprint result: {exc}") from None
+    if kind == VALIDATE_KIND:
+        try:
+            return ValidationReport.from_json(data)
+        except ResultFileError as exc:
+            raise ResultFileError(f"{path} is not a valid memprof validate result: {exc}") from None
     raise ResultFileError(
-        f"{path} is not a memprof profile or footprint result ({_kind_text(data)}); "
-        f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}") or '
-        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}")'
+        f"{path} is not a memprof profile, footprint or validate result ({_kind_text(data)}); "
+        f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}"), '
+        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}") or '
+        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}")'
     )
 
 

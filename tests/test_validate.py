@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -217,3 +218,15 @@ def test_one_profile_run_per_seq_measures_the_forward_and_lora_step_together():
 def test_saved_json_rebuilds_the_same_report():
     report = _cuda_report()
     assert ValidationReport.from_json(json.loads(render_json(report))) == report
+
+
+def test_memprof_report_re_renders_a_saved_validate_result(tmp_path, capsys):
+    """`memprof report FILE` knows the validate kind: the saved JSON renders as the run did."""
+    saved = Path(__file__).parent.parent / "reports" / "validate-cpu-gpt2.json"
+    report = ValidationReport.from_json(json.loads(saved.read_text()))
+    assert main(["report", str(saved), "--format", "md"]) == 0
+    assert capsys.readouterr().out == render_validate_md(report)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**json.loads(saved.read_text()), "rows": "nope"}))
+    assert main(["report", str(broken)]) == 2
+    assert "is not a valid memprof validate result" in capsys.readouterr().err
