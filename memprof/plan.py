@@ -3,8 +3,8 @@
 Peak memory per GPU = the simulated step's peak (simulate.py: exact live bytes of the profiler's
 step on fake tensors, real bitsandbytes layers included, extrapolated in depth) plus the transient
 inside bitsandbytes' kernels that no trace sees, divided as the sharding divides it, plus the
-card's CUDA context (gpus.json, labelled with whether it was measured). Sweeps over batch and sequence length evaluate the fitted
-polynomial (simulate.StepFit), so they are arithmetic. Step time is a roofline estimate and prices
+card's CUDA context (gpus.json, labelled with whether it was measured). Sweeps over batch and
+sequence length evaluate the fitted polynomial (simulate.StepFit), so they are arithmetic. Step time is a roofline estimate and prices
 are indicative: both are labelled as estimates wherever they are shown.
 
 Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
@@ -175,10 +175,16 @@ def _dequant_bytes(inventory: Inventory, setting: Setting) -> int:
     return numel * DTYPE_BYTES[setting.dtype] + absmax
 
 
+def _int8_matmul8bitlt(task: str, device: str) -> bool:
+    """Whether bitsandbytes runs LLM.int8() through MatMul8bitLt: inference anywhere, training on
+    CUDA (the CPU trains through MatMul8bitFp, which dequantizes)."""
+    return task == "infer" or device != "cpu"
+
+
 def _int8_out_features(inventory: Inventory, setting: Setting, task: str, device: str) -> int:
     """LLM.int8()'s untraced transient is an int32 product (tokens x out_features) inside
-    int8_scaled_mm: on the path MatMul8bitLt takes, inference anywhere and training on CUDA."""
-    if setting.quant != "int8" or (task != "infer" and device == "cpu"):
+    int8_scaled_mm, on MatMul8bitLt's path."""
+    if setting.quant != "int8" or not _int8_matmul8bitlt(task, device):
         return 0
     return max((t.quant_out_features for t in inventory.tensors if t.quantizable), default=0)
 
@@ -343,7 +349,6 @@ def plan(
         target=tuple(lora_target) if isinstance(lora_target, list) else lora_target,
         grad_checkpointing=grad_checkpointing,
         new_tokens=new_tokens if task == "infer" else 0,
-        foreach=device != "cpu" and optimizer == "adamw",
         device="cpu" if device == "cpu" else "cuda",
     )
     fitted = simulate_model(
@@ -501,7 +506,7 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
     if setting.quantized:
         kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
         if setting.quant == "int8":
-            lt = task == "infer" or device != "cpu"
+            lt = _int8_matmul8bitlt(task, device)
             path = (
                 "MatMul8bitLt's int8 matmuls without the outlier decomposition (its outlier columns depend on the "
                 "data; a handful of columns in real models)"

@@ -26,7 +26,7 @@ What the simulation cannot see:
   flash-attention) and the CUDA context: they are not tensors. The context is a per-GPU constant
   in catalog/gpus.json; fragmentation is not modelled (see plan notes).
 - CUDA-only kernel choices: the simulation runs CPU dispatch. AdamW's CUDA default (foreach) is
-  reproduced by passing foreach=True when planning for a GPU; scaled_dot_product_attention's
+  reproduced by passing foreach=True when planning for CUDA; scaled_dot_product_attention's
   CUDA backends (flash / memory-efficient) are not, the CPU flash kernel's tensors are traced.
 
 Scaling: a step's live bytes at any moment are sums of tensors whose sizes are products of
@@ -88,9 +88,8 @@ class StepSpec:
     target: tuple[str, ...] | str | None = None
     grad_checkpointing: bool = False
     new_tokens: int = 0
-    foreach: bool = False  # AdamW foreach (the CUDA default); False is the CPU default
-    # whose Python paths bitsandbytes takes: LLM.int8() trains through MatMul8bitLt on CUDA and
-    # through a dequantize-and-matmul function (MatMul8bitFp) on the CPU
+    # the device planned for, whose defaults the step takes: AdamW foreach on CUDA (a for-loop on
+    # the CPU); LLM.int8() trains through MatMul8bitLt on CUDA and MatMul8bitFp on the CPU
     device: str = "cpu"
 
     def key(self) -> dict:
@@ -217,34 +216,36 @@ def _fake_quantize(model, mode, *, cuda: bool) -> None:
     if "dynamic" not in bnb.functional.name2qmap:
         bnb.functional.name2qmap["dynamic"] = bnb.functional.create_dynamic_map()
     strict, mode.allow_non_fake_inputs = mode.allow_non_fake_inputs, True
-    with mode:
-        for module in model.modules():
-            if isinstance(module, bnb.nn.Linear4bit):
-                w = module.weight
-                if cuda:
-                    module.support_avx512bf16_for_cpu = False  # a CPU-only inference path
-                packed, state = quantize_4bit(
-                    torch.empty(w.shape, dtype=torch.bfloat16),
-                    blocksize=w.blocksize,
-                    compress_statistics=w.compress_statistics,
-                    quant_type=w.quant_type,
-                    quant_storage=w.quant_storage,
-                )
-                p = torch.nn.Parameter(packed, requires_grad=False)
-                for name in ("blocksize", "compress_statistics", "quant_type", "quant_storage"):
-                    setattr(p, name, getattr(w, name))
-                p.quant_state, p.bnb_quantized, p.module = state, True, module
-                module.quant_state = state
-                module._parameters["weight"] = p
-            elif isinstance(module, bnb.nn.Linear8bitLt):
-                cb, scb, _ = int8_vectorwise_quant(torch.empty(module.weight.shape, dtype=torch.float16))
-                p = torch.nn.Parameter(cb, requires_grad=False)
-                p.CB, p.SCB, p.has_fp16_weights = cb, scb, False
-                module._parameters["weight"] = p
-                # LLM.int8()'s outlier columns are data-dependent (a dynamic size in the fake kernels):
-                # the simulation runs the decomposition-free path, see the module docstring
-                module.state.threshold = 0.0
-    mode.allow_non_fake_inputs = strict
+    try:
+        with mode:
+            for module in model.modules():
+                if isinstance(module, bnb.nn.Linear4bit):
+                    w = module.weight
+                    if cuda:
+                        module.support_avx512bf16_for_cpu = False  # a CPU-only inference path
+                    packed, state = quantize_4bit(
+                        torch.empty(w.shape, dtype=torch.bfloat16),
+                        blocksize=w.blocksize,
+                        compress_statistics=w.compress_statistics,
+                        quant_type=w.quant_type,
+                        quant_storage=w.quant_storage,
+                    )
+                    p = torch.nn.Parameter(packed, requires_grad=False)
+                    for name in ("blocksize", "compress_statistics", "quant_type", "quant_storage"):
+                        setattr(p, name, getattr(w, name))
+                    p.quant_state, p.bnb_quantized, p.module = state, True, module
+                    module.quant_state = state
+                    module._parameters["weight"] = p
+                elif isinstance(module, bnb.nn.Linear8bitLt):
+                    cb, scb, _ = int8_vectorwise_quant(torch.empty(module.weight.shape, dtype=torch.float16))
+                    p = torch.nn.Parameter(cb, requires_grad=False)
+                    p.CB, p.SCB, p.has_fp16_weights = cb, scb, False
+                    module._parameters["weight"] = p
+                    # LLM.int8()'s outlier columns are data-dependent (a dynamic size in the fake kernels):
+                    # the simulation runs the decomposition-free path, see the module docstring
+                    module.state.threshold = 0.0
+    finally:
+        mode.allow_non_fake_inputs = strict
 
 
 def _fakeify(model, mode, device: str = "cpu") -> None:
@@ -309,8 +310,8 @@ def prepare_step_model(model, spec: StepSpec):
 
 
 def make_optimizer(params, spec: StepSpec):
-    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach as on a GPU when asked."""
-    return step_optimizer(params, spec.optimizer, foreach=True if spec.foreach else None)
+    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach when planning for CUDA."""
+    return step_optimizer(params, spec.optimizer, foreach=True if spec.device == "cuda" else None)
 
 
 # ---------------------------------------------------------------------------------------------

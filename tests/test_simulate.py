@@ -257,7 +257,7 @@ def test_batch_one_gets_its_own_fit_where_it_is_not_on_the_larger_batches_polyno
 def test_a_simulators_result_does_not_depend_on_the_points_it_ran_before():
     """Only the first run warms up; later runs start from the state the previous one left."""
     config = tiny_config("llama")
-    spec = StepSpec(task="full", foreach=True)
+    spec = StepSpec(task="full", device="cuda")
     reused = StepSimulator(config, spec, layers=2)
     reused.run(2, 24)
     after, fresh = reused.run(3, 40), StepSimulator(config, spec, layers=2).run(3, 40)
