@@ -17,6 +17,10 @@ from memprof.report.units import gib, human_bytes
 MODELS_HEAD = ["hub id", "aliases", "parameters"]
 
 
+def _md_section(title: str, head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join([f"## {title}", "", *md_table(head, rows)]) + "\n"
+
+
 def _models_title() -> str:
     return f"memprof catalog (default: {catalog.default_model()})"
 
@@ -36,7 +40,7 @@ def models_table(models: tuple[CatalogModel, ...]) -> Table:
 
 
 def render_models_md(models: tuple[CatalogModel, ...]) -> str:
-    return "\n".join([f"## {_models_title()}", "", *md_table(MODELS_HEAD, _model_rows(models))]) + "\n"
+    return _md_section(_models_title(), MODELS_HEAD, _model_rows(models))
 
 
 def render_models_html(models: tuple[CatalogModel, ...]) -> str:
@@ -83,7 +87,7 @@ def gpus_table(gpus: tuple[Gpu, ...]) -> Table:
 
 
 def render_gpus_md(gpus: tuple[Gpu, ...]) -> str:
-    return "\n".join([f"## {GPUS_TITLE}", "", *md_table(GPUS_HEAD, _gpu_rows(gpus))]) + "\n"
+    return _md_section(GPUS_TITLE, GPUS_HEAD, _gpu_rows(gpus))
 
 
 def render_gpus_html(gpus: tuple[Gpu, ...]) -> str:
@@ -123,7 +127,7 @@ def context_table(ctx: CudaContext) -> Table:
 
 
 def render_context_md(ctx: CudaContext) -> str:
-    return "\n".join([f"## {_CONTEXT_TITLE}", "", *md_table(["what", "value"], _context_rows(ctx))]) + "\n"
+    return _md_section(_CONTEXT_TITLE, ["what", "value"], _context_rows(ctx))
 
 
 def render_context_html(ctx: CudaContext) -> str:
