@@ -20,6 +20,7 @@ from importlib import metadata
 from memprof.errors import LoraConfigError, UnknownTargetError, UnsupportedTargetError
 from memprof.inventory import Inventory, build_meta_model, installed_transformers_version, inventory_for
 from memprof.models import ResolvedModel, resolve_model
+from memprof.options import comma_list
 from memprof.predict import predict_setting
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
 
@@ -175,15 +176,8 @@ def parse_rank(text: str | int) -> int:
 
 def parse_ranks(text: str | Sequence[int]) -> tuple[int, ...]:
     """'8,16,32' -> (8, 16, 32), in the given order, without repeats."""
-    items = [t for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
-    if not items:
-        raise LoraConfigError("--sweep needs a comma list of ranks, e.g. --sweep 8,16,32,64")
-    ranks: list[int] = []
-    for item in items:
-        r = parse_rank(item)
-        if r not in ranks:
-            ranks.append(r)
-    return tuple(ranks)
+    empty = LoraConfigError("--sweep needs a comma list of ranks, e.g. --sweep 8,16,32,64")
+    return comma_list(text, parse_rank, empty=empty)
 
 
 def parse_alpha(text: str | float | None) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memprof.errors import SettingError
+from memprof.options import comma_list
 
 # Bytes per element of the dtypes that appear in model inventories.
 DTYPE_BYTES = {
@@ -101,20 +102,16 @@ def parse_settings(text: str | None, *, dtype: str | None = None) -> tuple[Setti
 
     `dtype` replaces the bf16 default of the quantized settings' unquantized tensors.
     """
-    names = DEFAULT_SETTINGS if text is None else [n for n in text.split(",") if n.strip()]
-    if not names:
-        raise SettingError(f"no setting given; use one or more of {', '.join(SETTINGS)}")
-    chosen: list[Setting] = []
-    for name in names:
+
+    def parse(name) -> Setting:
         try:
             setting = get_setting(name)
         except SettingError as exc:
             raise SettingError(f"{exc} (or a comma-separated list of them)") from None
-        if dtype is not None:
-            setting = setting.with_dtype(parse_dtype(dtype))
-        if setting not in chosen:
-            chosen.append(setting)
-    return tuple(chosen)
+        return setting if dtype is None else setting.with_dtype(parse_dtype(dtype))
+
+    empty = SettingError(f"no setting given; use one or more of {', '.join(SETTINGS)}")
+    return comma_list(DEFAULT_SETTINGS if text is None else text, parse, empty=empty)
 
 
 def bnb_config(setting: Setting):

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memprof.errors import ValidateOptionError
+from memprof.options import comma_list
 from memprof.step import DEFAULT_LORA_R
 
 VALIDATE_KIND = "memprof.validate"
@@ -109,34 +110,30 @@ class ValidationReport:
 
 def parse_seqs(seqs: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """'128,256,512' -> (128, 256, 512), in the given order, without repeats; each at least 1."""
-    items = [t.strip() for t in seqs.split(",") if t.strip()] if isinstance(seqs, str) else list(seqs)
-    if not items:
-        raise ValidateOptionError("--seqs needs a comma list of sequence lengths, e.g. --seqs 128,256,512")
-    out: list[int] = []
-    for item in items:
+
+    def parse(item) -> int:
         try:
             value = int(str(item).strip()) if not isinstance(item, bool) else 0
         except ValueError:
             value = 0
         if value < 1:
             raise ValidateOptionError(f"--seqs takes positive integers, not {item!r} (e.g. --seqs 128,256,512)")
-        if value not in out:
-            out.append(value)
-    return tuple(out)
+        return value
+
+    empty = ValidateOptionError("--seqs needs a comma list of sequence lengths, e.g. --seqs 128,256,512")
+    return comma_list(seqs, parse, empty=empty, strip=True)
 
 
 def parse_tasks(tasks: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """'infer,qlora' -> ('infer', 'qlora'); each one of infer, lora, qlora."""
-    items = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
-    if not items:
-        raise ValidateOptionError(f"--tasks needs a comma list of {', '.join(TASK_MAP)}, e.g. --tasks infer,lora")
-    out: list[str] = []
-    for item in items:
+
+    def parse(item) -> str:
         if item not in TASK_MAP:
             raise ValidateOptionError(f"unknown task {item!r} in --tasks; use any of {', '.join(TASK_MAP)}")
-        if item not in out:
-            out.append(item)
-    return tuple(out)
+        return item
+
+    empty = ValidateOptionError(f"--tasks needs a comma list of {', '.join(TASK_MAP)}, e.g. --tasks infer,lora")
+    return comma_list(tasks, parse, empty=empty, strip=True)
 
 
 def _pct(predicted: int, measured: int | None) -> float | None:
