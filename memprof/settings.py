@@ -129,3 +129,33 @@ def bnb_config(setting: Setting):
         bnb_4bit_use_double_quant=setting.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, setting.dtype),
     )
+
+
+# bitsandbytes 0.50 branches on the CPU it runs on: on CPUs with AVX512-BF16 (Zen 4, Sapphire
+# Rapids and later), `Linear4bit.forward` in eval mode with an input that needs no grad repacks the
+# 4-bit weight into a CPU-only layout (`_convert_weight_packed_for_cpu`): it rewrites `weight.data`
+# and the quant state (double quantization's absmax becomes float32, so the true bytes change),
+# asserts out_features % 32 == 0, and leaves a model that a later training step cannot run. No GPU
+# ever holds that layout. memprof keeps it out of every load it measures and every model it
+# simulates, so a CPU measurement stands for what a GPU holds, the same on every CPU.
+CPU_REPACKING_NOTE = (
+    "bitsandbytes' CPU-only repacking of 4-bit weights (AVX512-BF16 CPUs) is off: the CPU holds "
+    "the weights in the layout a GPU holds"
+)
+
+
+def keep_gpu_weight_layout(model) -> int:
+    """Turn off bitsandbytes' AVX512-BF16 CPU repacking on every 4-bit layer of `model`.
+
+    The switch is the layer's own `support_avx512bf16_for_cpu`, which `Linear4bit.__init__` sets
+    from the CPU and `forward` reads. Returns the number of layers switched (0 when the model has
+    none, or bitsandbytes is not imported: then nothing can have made such a layer)."""
+    import sys
+
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is None:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)

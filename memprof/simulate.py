@@ -185,7 +185,7 @@ def _swap_in_bitsandbytes_layers(model, setting) -> None:
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
     from transformers.quantizers.base import HfQuantizer
 
-    from memprof.settings import bnb_config
+    from memprof.settings import bnb_config, keep_gpu_weight_layout
 
     skip = HfQuantizer.get_modules_to_not_convert(model, None, model._keep_in_fp32_modules)
     # from_pretrained swaps with the load dtype as torch's default: the layers' biases take it
@@ -195,12 +195,13 @@ def _swap_in_bitsandbytes_layers(model, setting) -> None:
         replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=bnb_config(setting))
     finally:
         torch.set_default_dtype(default)
+    keep_gpu_weight_layout(model)  # as memprof's real loads (memprof.settings)
     # what from_pretrained sets after loading; peft reads it to pick its bitsandbytes LoRA layers
     model.is_loaded_in_4bit = setting.quant != "int8"
     model.is_loaded_in_8bit = setting.quant == "int8"
 
 
-def _fake_quantize(model, mode, *, cuda: bool) -> None:
+def _fake_quantize(model, mode) -> None:
     """Quantize every bitsandbytes layer's (meta) weight with bitsandbytes' own functions under `mode`.
 
     Their fake kernels give the packed weight and quant state (absmax, code, nested state; int8's
@@ -221,8 +222,6 @@ def _fake_quantize(model, mode, *, cuda: bool) -> None:
             for module in model.modules():
                 if isinstance(module, bnb.nn.Linear4bit):
                     w = module.weight
-                    if cuda:
-                        module.support_avx512bf16_for_cpu = False  # a CPU-only inference path
                     packed, state = quantize_4bit(
                         torch.empty(w.shape, dtype=torch.bfloat16),
                         blocksize=w.blocksize,
@@ -287,7 +286,7 @@ def build_step_model(config: dict, spec: StepSpec, mode, *, trust_remote_code: b
         _swap_in_bitsandbytes_layers(model, setting)
     model = prepare_step_model(model, spec)
     if setting.quantized:
-        _fake_quantize(model, mode, cuda=spec.device == "cuda")
+        _fake_quantize(model, mode)
     _fakeify(model, mode)
     return model
 

@@ -27,10 +27,10 @@ def load_pretrained(weights_dir: str, setting, *, device_map, trust_remote_code:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from memprof.settings import bnb_config
+    from memprof.settings import bnb_config, keep_gpu_weight_layout
 
     kwargs.setdefault("quantization_config", bnb_config(setting))
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         weights_dir,
         dtype=getattr(torch, setting.dtype),
         device_map=device_map,
@@ -38,6 +38,8 @@ def load_pretrained(weights_dir: str, setting, *, device_map, trust_remote_code:
         trust_remote_code=trust_remote_code,
         **kwargs,
     )
+    keep_gpu_weight_layout(model)  # the same layers on every CPU (memprof.settings)
+    return model
 
 
 def materialize(request: dict) -> dict:
