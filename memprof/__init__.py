@@ -7,6 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
 from memprof.errors import MemprofError
 from memprof.footprint import FootprintReport, SettingFootprint, footprint
 from memprof.inventory import Inventory, inventory_for
@@ -16,6 +18,14 @@ from memprof.plan import PlanReport, plan
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.settings import SETTINGS, Setting, parse_settings
 from memprof.validate import ValidationReport, ValidationRow, validate
+
+# On AVX512-BF16 CPUs, importing bitsandbytes 0.50 logs a warning that the optional package
+# `kernels` (a faster CPU 4-bit kernel from the hub) is missing. memprof never runs that kernel (it
+# keeps 4-bit weights in the GPU layout, memprof.settings.keep_gpu_weight_layout): library noise
+# about it is not for users. Only that message is dropped; the logger's other warnings still show.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: "kernels-community" not in record.getMessage()
+)
 
 __all__ = [
     "SETTINGS",

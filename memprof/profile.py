@@ -25,7 +25,7 @@ from memprof.errors import ProfileOptionError, ResultFileError
 from memprof.inventory import inventory_for
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
-from memprof.settings import Setting, parse_settings
+from memprof.settings import CPU_REPACKING_NOTE, Setting, parse_settings
 from memprof.step import DEFAULT_LORA_R, default_alpha
 
 TRAIN_MODES = ("lora", "full", "none")
@@ -627,6 +627,8 @@ def profile(
     notes = [_timing_note(device)]
     if train == "lora":
         notes.append("LoRA on quantized settings follows QLoRA: peft's prepare_model_for_kbit_training, then LoRA.")
+    if device == "cpu" and any(s.quant in ("nf4", "fp4") for s in chosen):
+        notes.append(CPU_REPACKING_NOTE + ".")
     if budget is not None and device != "cuda":
         notes.append(
             "Offload: accelerate's device-map plan on the meta model only; bytes moved and slowdown need --device cuda."

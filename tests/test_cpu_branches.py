@@ -209,3 +209,29 @@ def test_int8_inference_plan_equals_profile_whichever_int8_kernel_the_cpu_takes(
     assert done.returncode == 0, done.stderr[-3000:]
     traced, measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert traced == measured
+
+
+def test_bitsandbytes_missing_kernels_package_warning_is_kept_from_users():
+    """On AVX512-BF16 CPUs bitsandbytes warns at import that the optional `kernels` package is
+    missing; memprof never runs that kernel. The message is dropped, other warnings are not."""
+    import logging
+
+    import memprof  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    dropped = logging.LogRecord(
+        logger.name,
+        logging.WARNING,
+        __file__,
+        1,
+        "Failed to load CPU gemm_4bit_forward from kernels-community: x",
+        None,
+        None,
+    )
+    kept = logging.LogRecord(logger.name, logging.WARNING, __file__, 1, "something else", None, None)
+    assert not logger.filter(dropped)
+    assert logger.filter(kept)
+    done = subprocess.run(
+        [sys.executable, "-c", "import memprof, peft, bitsandbytes, transformers"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "kernels" not in done.stderr, done.stderr
