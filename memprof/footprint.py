@@ -117,7 +117,7 @@ def _with_measurement(row: SettingFootprint, measured: MeasuredLoad) -> SettingF
 def _accelerate_comparison(inventory: Inventory) -> str:
     """What accelerate's `estimate-memory` method gives for this model, beside memprof's exact answer.
 
-    Its method (shared/REFERENCES.md): build AutoModel, i.e. without the LM head, count fp32
+    Its method (accelerate/commands/estimate.py): build AutoModel, i.e. without the LM head, count fp32
     parameter bytes, and divide by 4 for int8 and by 8 for int4; no quant state, no buffers.
     """
     base_fp32 = 4 * sum(t.numel for t in inventory.params if not t.name.startswith("lm_head."))
