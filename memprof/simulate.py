@@ -309,9 +309,25 @@ def prepare_step_model(model, spec: StepSpec):
     )
 
 
-def make_optimizer(params, spec: StepSpec):
-    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach when planning for CUDA."""
-    return step_optimizer(params, spec.optimizer, foreach=True if spec.device == "cuda" else None)
+def make_optimizer(params, spec: StepSpec, mode=None):
+    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach when planning for CUDA.
+
+    bitsandbytes' 8-bit optimizers build their two 256-entry code tables (qmap1/qmap2, one pair per
+    optimizer, shared by its parameters) from real values (`tolist()`) in the constructor: under a
+    FakeTensorMode `mode` they are built outside it and then made fake. Their states are then made by
+    bitsandbytes' own `init_state` in the first step, and updated by its fake kernels (see the module
+    docstring's optimizer paragraph).
+    """
+    if spec.optimizer == "adamw":
+        return step_optimizer(params, spec.optimizer, foreach=True if spec.device == "cuda" else None)
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    if not isinstance(mode, FakeTensorMode):
+        return step_optimizer(params, spec.optimizer)
+    with unset_fake_temporarily():
+        optimizer = step_optimizer(params, spec.optimizer)
+    optimizer.name2qmap = {name: mode.from_tensor(code) for name, code in optimizer.name2qmap.items()}
+    return optimizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,7 +657,7 @@ class StepSimulator:
             self.model.train()
             with self.mode:
                 trainable = [p for p in self.model.parameters() if p.requires_grad]
-                self.optimizer = make_optimizer(trainable, spec)
+                self.optimizer = make_optimizer(trainable, spec, self.mode)
         self._torch = torch
 
     def _ids(self, batch: int, seq: int):
