@@ -560,7 +560,8 @@ def _bitsandbytes_optimizer_note(optimizer: str, device: str) -> str:
     text = (
         f"{optimizer}: bitsandbytes' own init_state makes the states, exact bytes: uint8 state1/state2 plus "
         "float32 absmax1/absmax2 per 256-element block for tensors of at least 4,096 elements, float32 "
-        "state1/state2 below that, and one pair of 256-entry float32 code tables (qmap1/qmap2) shared by all. "
+        "state1/state2 below that, and one pair of 256-entry float32 code tables (qmap1/qmap2) that the 8-bit "
+        "tensors share. "
     )
     if device == "cpu":
         text += (
