@@ -469,12 +469,16 @@ def plan(
         from_cache=fitted.from_cache,
         gpus=tuple(rows),
         cheapest=cheapest,
-        notes=_notes(task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows)
+        notes=_notes(
+            task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows, optimizer
+        )
         + _window_note(resolved.config, ranges),
     )
 
 
-def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows) -> tuple[str, ...]:
+def _notes(
+    task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows, optimizer="adamw"
+) -> tuple[str, ...]:
     notes = [
         "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
         f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}), "
@@ -501,8 +505,10 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
             "estimate too; ★ marks the cheapest card that fits, compared on unrounded costs (a tie goes to the "
             "first card in table order)."
         )
-        if task != "infer":
+        if task != "infer" and optimizer == "adamw":
             notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
+    if task != "infer" and optimizer != "adamw":
+        notes.append(_bitsandbytes_optimizer_note(optimizer, device))
     if setting.quantized:
         kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
         if setting.quant == "int8":
@@ -547,6 +553,34 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
         less = f" less the {new_tokens:,} new tokens" if new_tokens else ""
         notes.append(f"max seq is capped at the model's {limit:,} positions{less}; (max) marks the cap.")
     return tuple(notes)
+
+
+def _bitsandbytes_optimizer_note(optimizer: str, device: str) -> str:
+    """What the simulation counts for bitsandbytes' 8-bit AdamW (simulate.make_optimizer runs the real one)."""
+    text = (
+        f"{optimizer}: bitsandbytes' own init_state makes the states, exact bytes: uint8 state1/state2 plus "
+        "float32 absmax1/absmax2 per 256-element block for tensors of at least 4,096 elements, float32 "
+        "state1/state2 below that, and one pair of 256-entry float32 code tables (qmap1/qmap2) that the 8-bit "
+        "tensors share. "
+    )
+    if device == "cpu":
+        text += (
+            "Its CPU update kernel holds float32 working copies of the tensor it updates inside the op, where "
+            "neither the simulation nor the profiler's live-tensor tracker sees them: not counted."
+        )
+        if optimizer == "paged_adamw8bit":
+            text += " bitsandbytes does not page on the CPU (ordinary tensors instead): this is adamw8bit's step."
+        return text
+    text += "Its update is a fused CUDA kernel that allocates nothing."
+    if optimizer == "paged_adamw8bit":
+        text += (
+            " Paged: the state1/state2 of tensors of at least 100,000 elements are CUDA unified memory "
+            "(bitsandbytes' get_paged), outside PyTorch's allocator (torch.cuda.memory_allocated does not show "
+            "them). They are counted as device memory, where bitsandbytes prefetches them before each update, so "
+            "the peak is adamw8bit's; under memory pressure the driver evicts them to CPU RAM instead of failing, "
+            "so a card short by up to their bytes can still run, paging and slower."
+        )
+    return text
 
 
 def _window_note(config: dict, ranges) -> tuple[str, ...]:

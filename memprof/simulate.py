@@ -17,6 +17,15 @@ weight is quantized by bitsandbytes' own functions under FakeTensorMode (its fak
 packed weight and quant state their real shapes), and the step runs its real autograd functions
 (MatMul4Bit, MatMul8bitLt on CUDA / MatMul8bitFp on the CPU) and peft's bitsandbytes LoRA layers.
 
+bitsandbytes' 8-bit AdamW (`--optimizer adamw8bit`, `paged_adamw8bit`) runs for real too: its own
+`init_state` makes the states in the warm-up step (uint8 state1/state2 and float32 absmax1/absmax2
+per 256-element block for tensors of at least `min_8bit_size` = 4,096 elements, float32 state1/state2
+below that; the two 256-entry float32 code tables qmap1/qmap2 are one pair per optimizer, shared by
+all its parameters), and its update is bitsandbytes' fake kernel, which allocates nothing, like the
+fused CUDA kernel. Its CPU kernel is Python whose float32 working copies live inside the op, where no
+dispatch mode sees them: the profiler's tracker does not count them either. Paged states are made as
+on the CPU (the simulation's tensors are CPU tensors): ordinary tensors of the same bytes.
+
 What the simulation cannot see:
 - Inside bitsandbytes' kernels: gemm_4bit dequantizes the weight to the compute dtype, and
   int8_scaled_mm makes an int32 product, in buffers no trace sees (plan.py adds them:
@@ -308,9 +317,25 @@ def prepare_step_model(model, spec: StepSpec):
     )
 
 
-def make_optimizer(params, spec: StepSpec):
-    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach when planning for CUDA."""
-    return step_optimizer(params, spec.optimizer, foreach=True if spec.device == "cuda" else None)
+def make_optimizer(params, spec: StepSpec, mode=None):
+    """The step's optimizer (memprof.step.make_optimizer), with AdamW foreach when planning for CUDA.
+
+    bitsandbytes' 8-bit optimizers build their two 256-entry code tables (qmap1/qmap2, one pair per
+    optimizer, shared by its parameters) from real values (`tolist()`) in the constructor: under a
+    FakeTensorMode `mode` they are built outside it and then made fake. Their states are then made by
+    bitsandbytes' own `init_state` in the first step, and updated by its fake kernels (see the module
+    docstring's optimizer paragraph).
+    """
+    if spec.optimizer == "adamw":
+        return step_optimizer(params, spec.optimizer, foreach=True if spec.device == "cuda" else None)
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
+    if not isinstance(mode, FakeTensorMode):
+        return step_optimizer(params, spec.optimizer)
+    with unset_fake_temporarily():
+        optimizer = step_optimizer(params, spec.optimizer)
+    optimizer.name2qmap = {name: mode.from_tensor(code) for name, code in optimizer.name2qmap.items()}
+    return optimizer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,7 +665,7 @@ class StepSimulator:
             self.model.train()
             with self.mode:
                 trainable = [p for p in self.model.parameters() if p.requires_grad]
-                self.optimizer = make_optimizer(trainable, spec)
+                self.optimizer = make_optimizer(trainable, spec, self.mode)
         self._torch = torch
 
     def _ids(self, batch: int, seq: int):

@@ -340,3 +340,37 @@ def test_gpu_file_format_is_documented_in_help(command, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for word in ('{"gpus": [ENTRY, ...]}', "memory_mib", "context_mib", "usd_per_hour", "changes only the fields"):
         assert word in text
+
+
+@pytest.mark.parametrize("optimizer", ["adamw8bit", "paged_adamw8bit"])
+def test_8bit_optimizer_cpu_plan_equals_the_real_bitsandbytes_step_byte_for_byte(tiny_model_dir, optimizer):
+    """plan --device cpu against bitsandbytes' real optimizer stepping the real model on this CPU, with the
+    profiler's loader and live-tensor tracker: the same peak and the same optimizer states."""
+    from conftest import tiny_config
+
+    from memprof.measure.worker import load_pretrained
+    from memprof.simulate import StepSimulator, StepSpec, prepare_step_model
+
+    model_dir = str(tiny_model_dir("llama"))
+    report = plan(model_dir, task="full", batch=2, seq=16, optimizer=optimizer, device="cpu")
+    spec = StepSpec(task="full", optimizer=optimizer)
+    real_model = prepare_step_model(load_pretrained(model_dir, SETTINGS["bf16"], device_map="cpu"), spec)
+    real = StepSimulator(tiny_config("llama"), spec, layers=2, real_model=real_model).run(2, 16)
+    assert report.breakdown.total_bytes == real.peak_bytes
+    assert report.breakdown.optimizer_states_bytes == real.peak_phase.breakdown["optimizer_states"]
+    adamw = plan(model_dir, task="full", batch=2, seq=16, device="cpu")
+    assert report.breakdown.optimizer_states_bytes < adamw.breakdown.optimizer_states_bytes
+
+
+def test_notes_name_the_optimizer_that_was_simulated(model_dir):
+    """foreach AdamW's note only for AdamW; the 8-bit ones say what their states are, paged what is paged."""
+    notes = {
+        name: " ".join(plan(model_dir, task="lora", batch=2, seq=16, gpus=("T4",), optimizer=name).notes)
+        for name in ("adamw", "adamw8bit", "paged_adamw8bit")
+    }
+    assert "foreach=True" in notes["adamw"] and "absmax" not in notes["adamw"]
+    for name in ("adamw8bit", "paged_adamw8bit"):
+        assert "foreach" not in notes[name] and f"{name}: bitsandbytes' own init_state" in notes[name]
+    assert "unified memory" in notes["paged_adamw8bit"] and "unified memory" not in notes["adamw8bit"]
+    cpu = " ".join(plan(model_dir, task="lora", batch=2, seq=16, device="cpu", optimizer="paged_adamw8bit").notes)
+    assert "does not page on the CPU" in cpu and "unified memory" not in cpu

@@ -276,3 +276,38 @@ def test_flops_counted_during_the_tracked_step_equal_flop_counter_mode():
     ids = sim._ids(BATCH, SEQ)
     with sim.mode, _eager_mask_paths():
         assert count_flops(lambda: train_step(sim.model, sim.optimizer, ids)) == counted
+
+
+_8BIT_SPECS = [
+    StepSpec(task="full", optimizer="adamw8bit"),
+    StepSpec(task="full", optimizer="paged_adamw8bit", setting="fp32"),
+    # r=16 makes down_proj's lora_A and gate/up's lora_B 6,720 elements: 8-bit states; the rest 32-bit
+    StepSpec(task="lora", optimizer="adamw8bit", lora_r=16, lora_alpha=32, target="all-linear"),
+]
+_8BIT_IDS = ["full-adamw8bit", "full-fp32-paged", "lora-r16-adamw8bit"]
+
+
+@pytest.mark.parametrize("spec", _8BIT_SPECS, ids=_8BIT_IDS)
+def test_simulated_8bit_optimizer_step_equals_bitsandbytes_real_cpu_step_phase_by_phase(tiny_model_dir, spec):
+    """The real bitsandbytes optimizer on real CPU tensors (its init_state, its CPU update kernel) against
+    the fake step: every phase's breakdown, byte for byte."""
+    config = tiny_config("llama")
+    fake = StepSimulator(config, spec, layers=2).run(BATCH, SEQ)
+    real_model = _real_prepared(tiny_model_dir, "llama", spec)
+    real = StepSimulator(config, spec, layers=2, real_model=real_model).run(BATCH, SEQ)
+    assert fake.phases == real.phases
+    assert fake.flops == real.flops
+
+
+@pytest.mark.parametrize("spec", _8BIT_SPECS, ids=_8BIT_IDS)
+def test_8bit_optimizer_states_are_bitsandbytes_block_wise_layout(spec):
+    """bitsandbytes' Optimizer2State.init_state: below min_8bit_size (4,096 elements) two float32 states;
+    from it two uint8 states and two float32 absmax per 256-element block; one pair of 256-entry float32
+    code tables for the whole optimizer (shared, counted once); `step` is a Python int."""
+    sim = StepSimulator(tiny_config("llama"), spec, layers=2)
+    optimizer_phase = sim.run(BATCH, SEQ).phases[-1]
+    numels = [p.numel() for p in sim.model.parameters() if p.requires_grad]
+    assert any(n < 4096 for n in numels) and any(n >= 4096 for n in numels)  # both layouts are exercised
+    states = sum(8 * n if n < 4096 else 2 * n + 2 * 4 * -(-n // 256) for n in numels)
+    assert optimizer_phase.phase == "optimizer"
+    assert optimizer_phase.breakdown["optimizer_states"] == states + 2 * 256 * 4
