@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from memprof.settings import SETTINGS, Setting, parse_settings
 
 FOOTPRINT_KIND = "memprof.footprint"
 
-# The memory sizes users shop by; the smallest card of each is the conservative pick.
+# The memory sizes users shop by (catalog `tier_gb`); every card of these sizes is checked.
 FOOTPRINT_GPU_TIERS_GB = (16, 24, 40, 48, 80, 141)
 
 
@@ -36,6 +37,14 @@ class SettingFootprint:
     fits_gpus: tuple[str, ...]  # cards whose memory less the CUDA context holds true_bytes: weights alone
     measured: MeasuredLoad | None = None
     mismatches: tuple[str, ...] = ()  # predicted fields that differ from the measurement
+    # Of the fitting cards of the smallest memory size (tier_gb): the cheapest per hour, then the others
+    # cheapest first. None when no card holds the weights.
+    smallest_gpu: str | None = None
+    smallest_gpu_alternatives: tuple[str, ...] = ()
+    # When no card holds the weights: how many of the largest card checked hold them (weights alone,
+    # split evenly; nothing else counted). 0 otherwise.
+    largest_gpu: str | None = None
+    largest_gpu_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,16 +68,17 @@ class FootprintReport:
         rows = []
         for row in data["settings"]:
             measured = row.get("measured")
-            rows.append(
-                SettingFootprint(
-                    **{
-                        **row,
-                        "fits_gpus": tuple(row["fits_gpus"]),
-                        "mismatches": tuple(row["mismatches"]),
-                        "measured": MeasuredLoad(**measured) if measured is not None else None,
-                    }
-                )
-            )
+            values = {
+                **row,
+                "fits_gpus": tuple(row["fits_gpus"]),
+                "mismatches": tuple(row["mismatches"]),
+                "smallest_gpu_alternatives": tuple(row.get("smallest_gpu_alternatives", ())),
+                "measured": MeasuredLoad(**measured) if measured is not None else None,
+            }
+            if values.get("smallest_gpu") is None and values["fits_gpus"]:
+                # a file from before smallest_gpu: its pick was the first card that fits
+                values["smallest_gpu"] = values["fits_gpus"][0]
+            rows.append(SettingFootprint(**values))
         return cls(
             **{
                 **data,
@@ -80,10 +90,20 @@ class FootprintReport:
 
 
 def gpu_tiers() -> tuple[catalog.Gpu, ...]:
+    """The cards footprint checks: every catalog card of a FOOTPRINT_GPU_TIERS_GB size, smallest size first."""
     cards = catalog.gpus()
-    return tuple(
-        min((g for g in cards if g.tier_gb == tier), key=lambda g: g.memory_bytes) for tier in FOOTPRINT_GPU_TIERS_GB
-    )
+    return tuple(g for tier in FOOTPRINT_GPU_TIERS_GB for g in cards if g.tier_gb == tier)
+
+
+def _gpu_pick(true_bytes: int, cards: tuple[catalog.Gpu, ...]) -> dict:
+    """smallest_gpu and its alternatives, or the count of the largest card: SettingFootprint's GPU fields."""
+    fitting = [g for g in cards if g.usable_bytes >= true_bytes]
+    if not fitting:
+        largest = max(cards, key=lambda g: g.usable_bytes)
+        return {"largest_gpu": largest.name, "largest_gpu_count": math.ceil(true_bytes / largest.usable_bytes)}
+    tier = min(g.tier_gb for g in fitting)
+    same_size = sorted((g for g in fitting if g.tier_gb == tier), key=lambda g: g.usd_per_hour)  # ties: table order
+    return {"smallest_gpu": same_size[0].name, "smallest_gpu_alternatives": tuple(g.name for g in same_size[1:])}
 
 
 def _setting_footprint(
@@ -102,6 +122,7 @@ def _setting_footprint(
         unquantized_share=prediction.unquantized_bytes / prediction.true_bytes if prediction.true_bytes else 0.0,
         ratio_to_fp32=prediction.true_bytes / fp32_true_bytes if fp32_true_bytes else 0.0,
         fits_gpus=tuple(g.name for g in tiers if g.usable_bytes >= prediction.true_bytes),
+        **_gpu_pick(prediction.true_bytes, tiers),
     )
 
 
@@ -144,12 +165,16 @@ def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, 
             "(--dtype changes that)."
         )
     notes.append(_accelerate_comparison(inventory))
-    context = {g.context_bytes for g in gpu_tiers()}
+    cards = gpu_tiers()
+    context = {g.context_bytes for g in cards}
     context_text = human_bytes(context.pop()) if len(context) == 1 else "a per-card amount"
+    sizes = "/".join(str(t) for t in FOOTPRINT_GPU_TIERS_GB)
     notes.append(
-        f"Smallest GPU: the smallest of {', '.join(g.name for g in gpu_tiers())} whose memory, less the CUDA "
-        f"context ({context_text}, an estimate until measured; `memprof gpus`), holds the weights alone: no "
-        "activations, KV cache or optimizer (see `memprof plan`)."
+        f"Smallest GPU: of the cards ({', '.join(g.name for g in cards)}) whose memory, less the CUDA context "
+        f"({context_text}, an estimate until measured), holds the weights alone (no activations, KV cache or "
+        f"optimizer: see `memprof plan`), those of the smallest size ({sizes} GB), the cheapest per hour first, "
+        "the others of that size in brackets (indicative prices: `memprof gpus`). 'none (≥N× card)': no card "
+        "holds the weights; N of the largest would, weights alone split evenly."
     )
     installed = installed_transformers_version()
     if inventory.transformers_version != installed:

@@ -21,7 +21,7 @@ from memprof.errors import LoraConfigError, UnknownTargetError, UnsupportedTarge
 from memprof.inventory import Inventory, build_meta_model, installed_transformers_version, inventory_for
 from memprof.models import ResolvedModel, resolve_model
 from memprof.options import comma_list
-from memprof.predict import predict_setting
+from memprof.predict import kbit_training_cast, predict_setting
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
 
 TARGET_PRESETS = ("attention", "mlp", "all-linear")
@@ -95,6 +95,12 @@ class BaseAtSetting:
     true_bytes: int  # memprof.predict true_bytes: every byte of the loaded weights, quant state included
     total_bytes: int  # true_bytes + training_state.total_bytes
     peft_printout_all_params: int  # what peft's print_trainable_parameters says for a model loaded so
+    # Quantized settings: QLoRA's recipe (peft's prepare_model_for_kbit_training, as profile and plan run
+    # it) casts the unquantized fp16/bf16 params to float32 before training (memprof.predict.kbit_training_cast).
+    qlora_cast_params: int = 0
+    qlora_true_bytes: int | None = None  # true_bytes right after that cast
+    qlora_step_true_bytes: int | None = None  # during the step: 4-bit layers' biases back in the compute dtype
+    qlora_total_bytes: int | None = None  # qlora_step_true_bytes + training_state.total_bytes
 
 
 @dataclass(frozen=True)
@@ -760,6 +766,19 @@ def _notes(
             f"Total at {setting.name} = base weights (true bytes, exact) + the training state; "
             "no activations, CUDA context or allocator overhead."
         )
+        if base.qlora_true_bytes is not None:
+            notes.append(
+                f"QLoRA at {setting.name}: peft's prepare_model_for_kbit_training (the QLoRA recipe, what `memprof "
+                f"profile` and `memprof plan --task qlora` run) casts every fp16/bf16 parameter bitsandbytes left "
+                f"unquantized (embeddings, LM head, norms, biases: {base.qlora_cast_params:,} params) to float32 "
+                "before training, so the base then holds the 'after the QLoRA fp32 cast' bytes (exact)."
+                + (
+                    " In the step, each 4-bit layer's first forward casts its bias back to the compute dtype "
+                    f"({setting.dtype}, bitsandbytes' Linear4bit): 'in the QLoRA step'."
+                    if base.qlora_step_true_bytes != base.qlora_true_bytes
+                    else ""
+                )
+            )
     return tuple(notes)
 
 
@@ -831,12 +850,22 @@ def lora_params(
     base = None
     if chosen is not None:
         true_bytes = predict_setting(inventory, chosen).true_bytes
+        qlora = {}
+        if chosen.quantized:
+            cast = kbit_training_cast(inventory, chosen)
+            qlora = dict(
+                qlora_cast_params=cast.cast_params,
+                qlora_true_bytes=cast.true_bytes,
+                qlora_step_true_bytes=cast.step_true_bytes,
+                qlora_total_bytes=cast.step_true_bytes + training.total_bytes,
+            )
         base = BaseAtSetting(
             setting=chosen.name,
             description=chosen.description,
             true_bytes=true_bytes,
             total_bytes=true_bytes + training.total_bytes,
             peft_printout_all_params=_peft_printout_all_params(counted.all_params, inventory, chosen),
+            **qlora,
         )
     peft_version = _peft_version()
     per_module = _per_module(counted)

@@ -27,6 +27,7 @@ from memprof import catalog
 from memprof.errors import PlanOptionError
 from memprof.inventory import Inventory, inventory_for
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
+from memprof.measure.flops import COUNTED_NOTE as FLOPS_COUNTED_NOTE
 from memprof.models import resolve_model
 from memprof.predict import tensor_bytes
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
@@ -484,6 +485,7 @@ def _notes(
         f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}), "
         "at the given batch and seq.",
         _fit_note(fit_error, rows),
+        FLOPS_COUNTED_NOTE,
         "Not in the simulation: CUDA caching-allocator fragmentation and rounding, kernel workspaces (cuBLAS, "
         "flash-attention), CUDA-only kernel choices (SDPA flash/mem-efficient backends are traced as the CPU kernel). "
         "No margin is added for them yet: it is to be measured on a GPU as torch.cuda.max_memory_reserved() minus "

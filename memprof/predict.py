@@ -90,3 +90,41 @@ def predict_setting(inventory: Inventory, setting: Setting) -> SettingPrediction
         unquantized_bytes=unquantized,
         unquantized_dtype=setting.dtype,
     )
+
+
+@dataclass(frozen=True)
+class KbitTrainingCast:
+    """The base model under the QLoRA recipe: right after it is prepared, and during the training step."""
+
+    cast_params: int  # fp16/bf16 parameters bitsandbytes left unquantized, now float32
+    true_bytes: int  # every byte of the base right after the cast, quant state included
+    step_true_bytes: int  # the same during the training step (4-bit layers' biases back in the compute dtype)
+
+
+def kbit_training_cast(inventory: Inventory, setting: Setting) -> KbitTrainingCast:
+    """What peft's `prepare_model_for_kbit_training` (memprof.step: LoRA on a quantized setting) makes
+    of the weights at `setting`: it casts every float16/bfloat16 *parameter* that is not a 4-bit
+    Params4bit to float32. int8 weights are int8 (not cast); buffers keep their dtype; a tied
+    parameter is one tensor, cast once. Then each bitsandbytes Linear4bit's first forward casts its
+    bias to the compute dtype (the load dtype here) again, so the step holds those biases at that
+    dtype (Linear8bitLt casts its bias to its input's dtype: float32 after the recipe, unchanged).
+
+    The simulation runs peft's and bitsandbytes' code itself; tests/test_predict.py proves this
+    arithmetic equal to the real cast and to the simulated step.
+    """
+    quantized_layers = {t.name.removesuffix(".weight") for t in inventory.params if setting.quantized and t.quantizable}
+    four_bit = setting.quant in ("nf4", "fp4")
+    cast_params = cast_extra = step_extra = 0
+    for record in inventory.params:
+        if setting.quantized and record.quantizable:
+            continue
+        dtype = record.dtype_when_loaded(setting.dtype)
+        after_cast = DTYPE_BYTES[dtype]
+        if dtype in ("float16", "bfloat16"):
+            cast_params += record.numel
+            after_cast = FLOAT32_BYTES
+            cast_extra += record.numel * (FLOAT32_BYTES - DTYPE_BYTES[dtype])
+        if four_bit and record.name.endswith(".bias") and record.name.removesuffix(".bias") in quantized_layers:
+            step_extra += record.numel * (DTYPE_BYTES[setting.dtype] - after_cast)
+    after = predict_setting(inventory, setting).true_bytes + cast_extra
+    return KbitTrainingCast(cast_params, after, after + step_extra)

@@ -66,7 +66,7 @@ from memprof.inventory import cache_dir, config_key, write_json_atomic
 from memprof.step import make_optimizer as step_optimizer
 from memprof.step import train_step
 
-SIM_FORMAT = 8
+SIM_FORMAT = 9  # 9: FLOPs count the CPU attention kernel
 TASKS = ("infer", "lora", "qlora", "full")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 # Categories of live bytes, the same names as the profiler's breakdown.
@@ -365,18 +365,17 @@ def _moment_tracker():
 
 
 def _flop_counter():
-    """A dispatch mode adding up FlopCounterMode's FLOPs (torch's formulas and memprof's for
-    bitsandbytes' matmuls, measure.profile_worker.count_flops) of the ops it sees, in `flops`.
+    """A dispatch mode adding up the FLOPs of the ops it sees, in `flops`, with the table profile
+    counts with (measure.flops: torch's formulas, bitsandbytes' matmuls, CPU attention).
 
     Unlike FlopCounterMode it does not track modules: that registers grad hooks which hold grads
     until a module's backward is done, changing the live bytes the tracker counts in the same step.
     """
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from memprof.measure.profile_worker import _flop_mapping
+    from memprof.measure.flops import flop_registry
 
-    registry = FlopCounterMode(display=False, custom_mapping=_flop_mapping()).flop_registry
+    registry = flop_registry()
 
     class FlopCount(TorchDispatchMode):
         flops = 0

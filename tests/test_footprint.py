@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from memprof import footprint
 from memprof.cli import main
 from memprof.errors import DeviceError, SettingError
 from memprof.report.footprint import render_footprint_md
+from memprof.report.jsonout import render_json
 from memprof.report.units import human_bytes
 from memprof.settings import parse_settings
 
@@ -235,3 +237,93 @@ def test_a_config_transformers_rejects_is_one_line_with_its_reason(tmp_path, cap
     assert main(["footprint", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is malformed" in err[0] and "attention heads" in err[0]
+
+
+def _cards_of_size(tier_gb: int):
+    from memprof.catalog import gpus
+
+    return [g for g in gpus() if g.tier_gb == tier_gb]
+
+
+def test_smallest_gpu_is_the_cheapest_of_the_smallest_size_that_holds_the_weights():
+    """bf16 Llama-3.1-8B fits every 24 GB card: the cheapest per hour is picked, the others listed by price."""
+    bf16 = footprint("meta-llama/Llama-3.1-8B", settings="bf16").settings[0]
+    by_price = sorted(_cards_of_size(24), key=lambda g: g.usd_per_hour)
+    assert all(g.usable_bytes >= bf16.true_bytes for g in by_price) and len(by_price) == 3
+    assert bf16.smallest_gpu == by_price[0].name == "RTX 4090"  # $0.40/h, not the A10G at $1.01/h
+    assert bf16.smallest_gpu_alternatives == tuple(g.name for g in by_price[1:]) == ("L4", "A10G")
+    assert bf16.largest_gpu is None and bf16.largest_gpu_count == 0
+
+
+def test_a_card_of_the_smallest_size_that_cannot_hold_the_weights_is_not_an_alternative(monkeypatch):
+    from memprof import catalog
+
+    shipped = catalog.gpus()
+    weights = footprint("meta-llama/Llama-3.1-8B", settings="bf16").settings[0].true_bytes
+    small = [g for g in shipped if g.tier_gb == 24 and g.name != "RTX 4090"]
+    # the 24 GB cards but the RTX 4090 lose memory until the weights no longer fit them
+    squeezed = tuple(
+        dataclasses.replace(g, memory_bytes=weights + g.context_bytes - 1) if g in small else g for g in shipped
+    )
+    monkeypatch.setattr(catalog, "gpus", lambda path=None: squeezed)
+    row = footprint("meta-llama/Llama-3.1-8B", settings="bf16").settings[0]
+    assert row.smallest_gpu == "RTX 4090" and row.smallest_gpu_alternatives == ()
+
+
+def test_a_4bit_70b_model_is_sized_by_its_true_bytes_not_get_memory_footprint():
+    """nf4 Llama-3.1-70B: get_memory_footprint() (35.79 GiB) would fit an A100 40GB; the true bytes do not."""
+    nf4 = footprint("meta-llama/Llama-3.1-70B", settings="nf4").settings[0]
+    (a100_40,) = _cards_of_size(40)
+    assert nf4.footprint_bytes <= a100_40.usable_bytes < nf4.true_bytes
+    assert nf4.smallest_gpu == "L40S" and "A100 40GB" not in nf4.fits_gpus
+
+
+def test_no_card_holds_405b_so_the_count_of_the_largest_card_is_given():
+    from memprof.footprint import gpu_tiers
+
+    report = footprint("meta-llama/Llama-3.1-405B", settings="bf16,nf4")
+    largest = max(gpu_tiers(), key=lambda g: g.usable_bytes)
+    for row in report.settings:
+        assert row.smallest_gpu is None and row.fits_gpus == () and row.largest_gpu == largest.name == "H200"
+        n = row.largest_gpu_count
+        assert (n - 1) * largest.usable_bytes < row.true_bytes <= n * largest.usable_bytes
+    assert [r.largest_gpu_count for r in report.settings] == [6, 2]
+    text = render_footprint_md(report)
+    assert "| none (≥6× H200) |" in text and "| none (≥2× H200) |" in text
+
+
+def test_true_bytes_are_the_first_column_and_get_memory_footprint_is_labelled():
+    from memprof.report.footprint import render_footprint_table
+
+    report = footprint("meta-llama/Llama-3.1-70B", settings="nf4")
+    row = report.settings[0]
+    table = render_footprint_table(report)
+    head = next(line for line in table.splitlines() if "setting" in line)
+    assert head.index("true bytes") < head.index("get_memory_footprint()") < head.index("smallest GPU")
+    body = next(line for line in table.splitlines() if line.startswith("│ nf4"))
+    assert body.index(human_bytes(row.true_bytes)) < body.index(human_bytes(row.footprint_bytes))
+    md_head = render_footprint_md(report).splitlines()[2]
+    assert md_head.startswith("| setting | true bytes | get_memory_footprint() |")
+
+
+def test_a_footprint_file_from_before_smallest_gpu_shows_its_first_fitting_card(tmp_path, capsys):
+    report = footprint("meta-llama/Llama-3.1-8B", settings="fp32")
+    data = json.loads(render_json(report))
+    for key in ("smallest_gpu", "smallest_gpu_alternatives", "largest_gpu", "largest_gpu_count"):
+        del data["settings"][0][key]
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps(data))
+    assert main(["report", str(saved), "--format", "md"]) == 0
+    assert f"| {report.settings[0].fits_gpus[0]} |" in capsys.readouterr().out
+
+
+def test_the_readme_example_table_is_the_real_output():
+    from pathlib import Path
+
+    from memprof.report.footprint import render_footprint_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    start = readme.index("$ memprof footprint meta-llama/Llama-3.1-8B") + 1
+    shown = readme[start : readme.index("```", start)]
+    real = [line.rstrip() for line in render_footprint_table(footprint("meta-llama/Llama-3.1-8B")).splitlines()]
+    assert shown == real[: len(shown)] and len(shown) == 10

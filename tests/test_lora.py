@@ -286,6 +286,46 @@ def test_setting_adds_the_base_true_bytes_to_the_training_state():
     assert report.base.peft_printout_all_params == report.all_params  # every Llama weight has an even size
 
 
+def test_a_quantized_setting_shows_the_base_after_qloras_fp32_cast():
+    """nf4-dq Llama-3.1-8B: 5.31 GiB loaded, 7.27 GiB once prepare_model_for_kbit_training has cast the bf16
+    embeddings, LM head and norms to float32 (what plan's QLoRA step holds)."""
+    from memprof.inventory import inventory_for
+    from memprof.predict import kbit_training_cast
+    from memprof.report.lora import summary_rows
+    from memprof.report.units import human_bytes
+    from memprof.settings import get_setting
+
+    report = lora_params("meta-llama/Llama-3.1-8B", r=32, target="attention", setting="nf4-dq")
+    base = report.base
+    inventory = inventory_for(resolve_model("meta-llama/Llama-3.1-8B"))
+    cast = kbit_training_cast(inventory, get_setting("nf4-dq"))
+    unquantized = sum(t.numel for t in inventory.params if not t.quantizable)
+    assert base.qlora_cast_params == cast.cast_params == unquantized  # Llama's unquantized params are all bf16
+    assert base.qlora_true_bytes == cast.true_bytes == base.true_bytes + 2 * unquantized  # bf16 -> float32
+    assert base.qlora_step_true_bytes == base.qlora_true_bytes  # no biases in Llama's 4-bit layers
+    assert base.qlora_total_bytes == base.qlora_step_true_bytes + report.training_state.total_bytes
+    assert human_bytes(base.true_bytes) == "5.31 GiB" and human_bytes(base.qlora_true_bytes) == "7.27 GiB"
+    rows = dict(summary_rows(report))
+    assert f"{base.qlora_true_bytes:,} B" in rows["  after the QLoRA fp32 cast"]
+    assert any("prepare_model_for_kbit_training" in note and "float32" in note for note in report.notes)
+
+
+def test_an_unquantized_setting_has_no_qlora_cast():
+    from memprof.report.lora import summary_rows
+
+    report = lora_params("meta-llama/Llama-3.1-8B", setting="bf16")
+    assert report.base.qlora_true_bytes is None and report.base.qlora_total_bytes is None
+    assert not any("QLoRA" in label for label, _ in summary_rows(report))
+
+
+def test_4bit_biases_back_in_the_compute_dtype_are_shown_for_the_step():
+    """Qwen2's q/k/v projections have biases: the 4-bit layers cast them back to bf16 in their forward."""
+    report = lora_params("Qwen/Qwen2.5-0.5B", setting="nf4")
+    base = report.base
+    assert base.qlora_step_true_bytes < base.qlora_true_bytes
+    assert base.qlora_total_bytes == base.qlora_step_true_bytes + report.training_state.total_bytes
+
+
 def test_modules_to_save_copies_are_trained_in_the_base_dtype():
     report = lora_params("meta-llama/Llama-3.2-1B", modules_to_save="lm_head", setting="bf16")
     assert report.method == "peft"

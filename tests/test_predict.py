@@ -78,3 +78,40 @@ def test_4bit_quant_state_of_one_layer_by_hand():
     assert dq.quant_state_bytes == 262_144 + 16 * 4 + 1024 * 4 + 256 * 4 + 4
     int8 = tensor_bytes(weight, SETTINGS["int8"])
     assert (int8.stored_bytes, int8.quant_state_bytes) == (4096 * 4096, 4096 * 4)
+
+
+@pytest.mark.parametrize("setting_name", ["int8", "nf4", "nf4-dq"])
+@pytest.mark.parametrize("arch", ["llama", "llama-tied", "gpt2", "bloom"])
+def test_kbit_training_cast_equals_peft_prepare_model_for_kbit_training_on_a_real_load(
+    arch, setting_name, tiny_model_dir
+):
+    """The QLoRA recipe casts the unquantized fp16/bf16 params to float32: the arithmetic equals peft's real cast."""
+    from peft import prepare_model_for_kbit_training
+
+    from memprof.measure.tensors import true_bytes
+    from memprof.predict import kbit_training_cast
+
+    setting = SETTINGS[setting_name]
+    inventory = build_inventory(tiny_config(arch))
+    predicted = kbit_training_cast(inventory, setting)
+    model = prepare_model_for_kbit_training(_load(tiny_model_dir(arch), setting), use_gradient_checkpointing=False)
+    assert true_bytes(model) == predicted.true_bytes > predict_setting(inventory, setting).true_bytes
+    cast = sum(p.numel() for p in model.parameters() if p.dtype.is_floating_point and p.dtype.itemsize == 4)
+    assert cast == predicted.cast_params  # every float32 param after the recipe is one it cast (tiny configs load bf16)
+
+
+@pytest.mark.parametrize("setting_name", ["int8", "nf4-dq"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom"])
+def test_kbit_training_step_bytes_equal_plans_simulated_qlora_step(arch, setting_name):
+    """During the step (after the first forward) bitsandbytes' Linear4bit has cast its bias back to the
+    compute dtype: the base's bytes then equal what plan's simulated QLoRA step holds as weights + quant state."""
+    from memprof.predict import kbit_training_cast
+    from memprof.simulate import StepSimulator, StepSpec
+
+    config = tiny_config(arch)
+    predicted = kbit_training_cast(build_inventory(config), SETTINGS[setting_name])
+    sim = StepSimulator(config, StepSpec(task="lora", setting=setting_name), layers=2).run(2, 16)
+    held = next(p for p in sim.phases if p.phase == "zero_grad").breakdown
+    assert held["weights"] + held["quant_state"] == predicted.step_true_bytes
+    has_4bit_biases = arch != "llama" and setting_name == "nf4-dq"
+    assert (predicted.step_true_bytes < predicted.true_bytes) == has_4bit_biases

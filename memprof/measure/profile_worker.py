@@ -22,6 +22,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from memprof.measure.flops import count_flops  # the one FLOP table, shared with plan's simulation
+
 PHASES = ("load", "forward", "train", "offload")
 
 
@@ -93,39 +95,6 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _flop_mapping() -> dict:
-    """FLOP formulas for bitsandbytes' matmul ops, which torch's FlopCounterMode does not know.
-
-    Each multiplies A (..., K) by a (N, K) weight: 2 * numel(out) * K, like aten.mm.
-    """
-    import torch
-
-    def matmul_like(a_shape, *args, out_shape=None, **kwargs) -> int:
-        out = out_shape
-        if isinstance(out, (list, tuple)) and out and isinstance(out[0], (list, tuple, torch.Size)):
-            out = out[0]  # ops returning (out, extra)
-        numel = 1
-        for d in out:
-            numel *= d
-        return 2 * numel * a_shape[-1]
-
-    mapping = {}
-    ops = getattr(torch.ops, "bitsandbytes", None)
-    for name in ("gemm_4bit", "gemv_4bit", "int8_mixed_scaled_mm", "int8_linear_matmul"):
-        with contextlib.suppress(AttributeError, RuntimeError):
-            mapping[getattr(ops, name)] = matmul_like  # FlopCounterMode looks ops up by overload packet
-    return mapping
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn`, counted by torch's FlopCounterMode (plus bitsandbytes matmuls)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def _storage_bytes(tensors) -> int:

@@ -20,7 +20,10 @@ def _measured_cell(row: SettingFootprint, field: str) -> str:
 
 
 def _fits(row: SettingFootprint) -> str:
-    return row.fits_gpus[0] if row.fits_gpus else "none"
+    if row.smallest_gpu is None:
+        return f"none (≥{row.largest_gpu_count}× {row.largest_gpu})" if row.largest_gpu else "none"
+    others = f" (or {', '.join(row.smallest_gpu_alternatives)})" if row.smallest_gpu_alternatives else ""
+    return row.smallest_gpu + others
 
 
 def _title(report: FootprintReport) -> str:
@@ -33,8 +36,8 @@ def _title(report: FootprintReport) -> str:
 def _prediction_cells(row: SettingFootprint) -> list[str]:
     return [
         row.setting,
-        human_bytes(row.footprint_bytes),
         human_bytes(row.true_bytes),
+        human_bytes(row.footprint_bytes),
         f"{row.ratio_to_fp32:.3f}",
         human_bytes(row.quant_state_bytes) if row.quant_state_bytes else "—",
         "—" if row.quantized_params == 0 else f"{percent(row.unquantized_share)} {DTYPE_SHORT[row.dtype]}",
@@ -42,7 +45,16 @@ def _prediction_cells(row: SettingFootprint) -> list[str]:
     ]
 
 
-PREDICTION_HEAD = ["setting", "footprint", "true bytes", "× fp32", "quant state", "unquantized", "smallest GPU"]
+# true bytes decide the GPU, so they come first; transformers' own figure, which misses the quant state, beside them
+PREDICTION_HEAD = [
+    "setting",
+    "true bytes",
+    "get_memory_footprint()",
+    "× fp32",
+    "quant state",
+    "unquantized",
+    "smallest GPU",
+]
 MEASURED_HEAD = ["setting", "footprint measured", "true measured", "load s", "load peak"]
 DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -66,7 +78,9 @@ def _table(title: str, head: list[str], rows: list[tuple[list[str], str | None]]
     table = Table(title=title, title_style="bold", title_justify="left")
     for i, name in enumerate(head):
         table.add_column(
-            name, justify="left" if i == 0 or name == "smallest GPU" else "right", style="bold" if i == 0 else None
+            name,
+            justify="left" if i == 0 or name == "smallest GPU" else "right",
+            style="bold" if i == 0 or name == "true bytes" else None,
         )
     for cells, style in rows:
         table.add_row(*cells, style=style)

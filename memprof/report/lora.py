@@ -111,10 +111,31 @@ def summary_rows(report: LoraReport) -> list[list[str]]:
     ]
     if report.base is not None:
         base = report.base
-        rows += [
-            [f"base weights at {base.setting}", f"{human_bytes(base.true_bytes)}  ({base.true_bytes:,} B, true bytes)"],
-            ["base + training state", f"{human_bytes(base.total_bytes)}  ({base.total_bytes:,} B)"],
-        ]
+        qlora = base.qlora_true_bytes is not None and base.qlora_total_bytes is not None
+        rows.append(
+            [f"base weights at {base.setting}", f"{human_bytes(base.true_bytes)}  ({base.true_bytes:,} B, true bytes)"]
+        )
+        if qlora:
+            rows.append(
+                [
+                    "  after the QLoRA fp32 cast",
+                    f"{human_bytes(base.qlora_true_bytes)}  ({base.qlora_true_bytes:,} B: "
+                    f"{base.qlora_cast_params:,} unquantized params in float32)",
+                ]
+            )
+            if base.qlora_step_true_bytes != base.qlora_true_bytes and base.qlora_step_true_bytes is not None:
+                rows.append(
+                    [
+                        "  in the QLoRA step",
+                        f"{human_bytes(base.qlora_step_true_bytes)}  ({base.qlora_step_true_bytes:,} B: "
+                        "4-bit layers' biases back in the compute dtype)",
+                    ]
+                )
+        rows.append(["base + training state", f"{human_bytes(base.total_bytes)}  ({base.total_bytes:,} B)"])
+        if qlora:
+            rows.append(
+                ["  with the QLoRA cast", f"{human_bytes(base.qlora_total_bytes)}  ({base.qlora_total_bytes:,} B)"]
+            )
         if base.peft_printout_all_params != report.all_params:
             rows.append([f"peft printout at {base.setting}", f"all params {base.peft_printout_all_params:,}"])
     return rows
