@@ -65,7 +65,7 @@ def measure_cuda_context(index: int = 0) -> CudaContext:
         raise DeviceError("CUDA is already initialised in this process; measure the context in a fresh one")
     import pynvml
 
-    from memprof.measure.nvml import nvml_handle_for_cuda_device, uuid_key
+    from memprof.measure.nvml import _text, nvml_handle_for_cuda_device, uuid_key
 
     pynvml.nvmlInit()
     try:
@@ -109,7 +109,3 @@ def measure_cuda_context(index: int = 0) -> CudaContext:
         context_bytes=context_bytes(before, after, reserved),
         catalog_name=card.name if card else None,
     )
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
