@@ -126,6 +126,20 @@ def test_a_card_nvml_does_not_list_gives_no_nvml_peak_rather_than_another_cards(
     assert sampler.peak_bytes is None
 
 
+def test_on_a_one_card_machine_that_card_is_cuda_device_0_even_without_uuid_or_pci(monkeypatch):
+    import torch
+
+    from memprof.measure import nvml
+
+    one = FakeNvml()
+    monkeypatch.setattr(one, "nvmlDeviceGetCount", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: SimpleNamespace(uuid="?"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert nvml.nvml_handle_for_cuda_device(one, 0) is CARDS[0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # CUDA sees a card NVML does not: no guess
+    assert nvml.nvml_handle_for_cuda_device(one, 0) is None
+
+
 @pytest.mark.parametrize(
     ("visible", "expected"),
     [(None, 0), ("1", 1), ("1,0", 1), ("GPU-bbbb", 1), ("GPU-aaaaaaaa-1111", 0), ("GPU-", None), ("2", None)],

@@ -64,7 +64,8 @@ def nvml_handle_for_cuda_device(pynvml, index: int):
     """The NVML handle of the card this process's CUDA calls device `index`, or None if none matches.
 
     Matched by UUID (torch.cuda.get_device_properties(index).uuid against nvmlDeviceGetUUID), else by
-    PCI domain/bus/device; never by position. Needs CUDA initialised (get_device_properties does
+    PCI domain/bus/device; never by position (except where the machine has one card and CUDA sees
+    it: then there is no other to confuse it with). Needs CUDA initialised (get_device_properties does
     that), so it is for processes that own CUDA: the workers and the context measurement.
     """
     import torch
@@ -82,6 +83,8 @@ def nvml_handle_for_cuda_device(pynvml, index: int):
             info = pynvml.nvmlDeviceGetPciInfo(handle)
             if (int(info.domain), int(info.bus), int(info.device)) == pci:
                 return handle
+    if len(handles) == 1 and torch.cuda.device_count() == 1:  # one card on the machine, one seen: that one
+        return handles[0]
     return None
 
 
