@@ -21,6 +21,7 @@
 # parses it with memprof's own parser and measures nothing; it exits 1 if any line does not parse.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS  # the budget counts the set-up (wheels, preflight) too
 BUDGET_S=${BUDGET_S:-500}
 DRY_RUN=${DRY_RUN:-0}
 OUT=${OUT:-/tmp/memprof-gpu-out}
@@ -52,7 +53,6 @@ echo "${preflight:-preflight FAILED: scripts/gpu_preflight.py printed nothing (e
 [ "$preflight_rc" -eq 0 ] || exit 4
 [ "$DRY_RUN" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$LOG"
 
-started=$SECONDS
 step() {  # step NAME CMD...: run with what is left of the budget; a failure does not stop the others
     local name=$1; shift
     local left=$(( BUDGET_S - (SECONDS - started) ))
