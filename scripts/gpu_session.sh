@@ -13,29 +13,46 @@
 # 5. profile Qwen2.5-0.5B at all five settings; 6. full fine-tune; 7. batch 4 x 2048 with checkpointing;
 # 8. offload under a 1 GiB budget
 # Models are random weights made from the catalog configs: nothing is downloaded.
+#
+# Before any of that, scripts/gpu_preflight.py imports everything the steps need (memprof.cli, pynvml,
+# accelerate, bitsandbytes, peft, transformers at memprof's pins) and checks torch sees the GPU; on
+# failure the run stops at once with that one line and exit 4. DRY_RUN=1 (tests/test_gpu_session.py,
+# on the CPU) installs nothing and runs every memprof line through scripts/memprof_argcheck.py, which
+# parses it with memprof's own parser and measures nothing; it exits 1 if any line does not parse.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS  # the budget counts the set-up (wheels, preflight) too
 BUDGET_S=${BUDGET_S:-500}
+DRY_RUN=${DRY_RUN:-0}
 OUT=${OUT:-/tmp/memprof-gpu-out}
 mkdir -p "$OUT" reports/gpu
 LOG="$OUT/session.log"
-if [ -d .whl ]; then
+if [ -d .whl ] && [ "$DRY_RUN" != 1 ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "wheel install failed" | tee -a "$LOG"; exit 3; }
     export PYTHONPATH="/tmp/site:$PWD"
 else
-    export PYTHONPATH="$PWD"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# No process but a worker may initialise CUDA (the parent's context would be in the workers' NVML
+# peaks; the fork server's would break every worker): torch.cuda.is_available() asks NVML, not CUDA.
+# CUDA numbers the cards in PCI order, as NVML does, so the parent can name the card without CUDA.
+export PYTORCH_NVML_BASED_CUDA_CHECK=1 CUDA_DEVICE_ORDER=PCI_BUS_ID
 export PYTHONUNBUFFERED=1 MEMPROF_CACHE_DIR=/tmp/memprof-cache COLUMNS=160
 PY=${PY:-python3}
-{
-    date -u
-    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
-    "$PY" -c "import torch, transformers, peft, bitsandbytes as b; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'transformers', transformers.__version__, 'peft', peft.__version__, 'bitsandbytes', b.__version__)"
-} 2>&1 | tee -a "$LOG"
+MEMPROF=("$PY" -m memprof)
+preflight_args=()
+if [ "$DRY_RUN" = 1 ]; then
+    MEMPROF=("$PY" scripts/memprof_argcheck.py)
+    preflight_args=(--no-gpu)
+fi
+date -u | tee -a "$LOG"
+preflight=$("$PY" scripts/gpu_preflight.py ${preflight_args[@]+"${preflight_args[@]}"} 2>>"$LOG")
+preflight_rc=$?
+echo "${preflight:-preflight FAILED: scripts/gpu_preflight.py printed nothing (exit $preflight_rc)}" | tee -a "$LOG"
+[ "$preflight_rc" -eq 0 ] || exit 4
+[ "$DRY_RUN" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv 2>&1 | tee -a "$LOG"
 
-started=$SECONDS
 step() {  # step NAME CMD...: run with what is left of the budget; a failure does not stop the others
     local name=$1; shift
     local left=$(( BUDGET_S - (SECONDS - started) ))
@@ -43,28 +60,41 @@ step() {  # step NAME CMD...: run with what is left of the budget; a failure doe
     echo "== $name ($left s left): $*" | tee -a "$LOG"
     local t0=$SECONDS
     timeout --signal=INT --kill-after=15 "$left" "$@" >>"$LOG" 2>&1
-    echo "== $name: exit $? after $(( SECONDS - t0 ))s" | tee -a "$LOG"
+    local rc=$?
+    [ "$rc" -eq 0 ] || failed+=("$name")
+    echo "== $name: exit $rc after $(( SECONDS - t0 ))s" | tee -a "$LOG"
 }
+failed=()
 L=meta-llama/Llama-3.2-1B
 Q=Qwen/Qwen2.5-0.5B
 ALL=fp32,bf16,int8,nf4,nf4-dq
-step context $PY -m memprof gpus --measure-context --json --out reports/gpu/cuda-context.json
-step validate-llama $PY -m memprof validate $L --device cuda --seqs 512,1024,2048 --format md \
+step context "${MEMPROF[@]}" gpus --measure-context --json --out reports/gpu/cuda-context.json
+step validate-llama "${MEMPROF[@]}" validate $L --device cuda --seqs 512,1024,2048 --format md \
     --out reports/gpu/validate-llama-3.2-1b.md --save reports/gpu/validate-llama-3.2-1b.json
-step profile-llama $PY -m memprof profile $L --device cuda --settings $ALL --train lora --seq 512 --repeats 5 \
+step profile-llama "${MEMPROF[@]}" profile $L --device cuda --settings $ALL --train lora --seq 512 --repeats 5 \
     --out reports/gpu/profile-llama-3.2-1b-lora.json --format md
-step validate-qwen $PY -m memprof validate $Q --device cuda --seqs 512,1024,2048 --format md \
+step validate-qwen "${MEMPROF[@]}" validate $Q --device cuda --seqs 512,1024,2048 --format md \
     --out reports/gpu/validate-qwen2.5-0.5b.md --save reports/gpu/validate-qwen2.5-0.5b.json
-step profile-qwen $PY -m memprof profile $Q --device cuda --settings $ALL --train lora --seq 512 --repeats 5 \
+step profile-qwen "${MEMPROF[@]}" profile $Q --device cuda --settings $ALL --train lora --seq 512 --repeats 5 \
     --out reports/gpu/profile-qwen2.5-0.5b-lora.json --format md
-step profile-full $PY -m memprof profile $L --device cuda --settings fp32,bf16 --train full --seq 512 --repeats 5 \
+step profile-full "${MEMPROF[@]}" profile $L --device cuda --settings fp32,bf16 --train full --seq 512 --repeats 5 \
     --out reports/gpu/profile-llama-3.2-1b-full.json --format md
-step profile-llama-b4-gc $PY -m memprof profile $L --device cuda --settings $ALL --train lora --batch 4 --seq 2048 \
+step profile-llama-b4-gc "${MEMPROF[@]}" profile $L --device cuda --settings $ALL --train lora --batch 4 --seq 2048 \
     --grad-checkpointing --repeats 3 --out reports/gpu/profile-llama-3.2-1b-lora-b4s2048-gc.json --format md
-step offload $PY -m memprof profile $L --device cuda --settings bf16,nf4 --train none --max-gpu-memory 1GiB \
+step offload "${MEMPROF[@]}" profile $L --device cuda --settings bf16,nf4 --train none --max-gpu-memory 1GiB \
     --out reports/gpu/profile-llama-3.2-1b-offload.json --format md
-for json in reports/gpu/profile-*.json; do  # Markdown beside each saved profile (stdout went to the log)
-    [ -f "$json" ] && $PY -m memprof report "$json" --format md --out "${json%.json}.md" >>"$LOG" 2>&1
+jsons=(reports/gpu/profile-*.json)
+[ "$DRY_RUN" = 1 ] && jsons=(reports/gpu/profile-dry-run.json)  # no run made one: check the line anyway
+for json in "${jsons[@]}"; do  # Markdown beside each saved profile (stdout went to the log)
+    if [ -f "$json" ] || [ "$DRY_RUN" = 1 ]; then
+        "${MEMPROF[@]}" report "$json" --format md --out "${json%.json}.md" >>"$LOG" 2>&1 || failed+=("report $json")
+    fi
 done
+if [ "$DRY_RUN" = 1 ]; then
+    echo "dry run: ${#failed[@]} line(s) failed to parse${failed[*]:+: ${failed[*]}}" | tee -a "$LOG"
+    [ "${#failed[@]}" -eq 0 ]
+    exit
+fi
 tar czf "$OUT/gpu-reports.tar.gz" reports/gpu
-echo "done in $(( SECONDS - started ))s; reports/gpu packed into $OUT/gpu-reports.tar.gz" | tee -a "$LOG"
+echo "done in $(( SECONDS - started ))s; failed: ${failed[*]:-none}; reports/gpu packed into $OUT/gpu-reports.tar.gz" \
+    | tee -a "$LOG"

@@ -49,7 +49,14 @@ def context_bytes(used_before: int, used_after: int, reserved: int) -> int:
 
 
 def measure_cuda_context(index: int = 0) -> CudaContext:
-    """Initialise CUDA in this process and read what it cost on GPU `index` (see the module docstring)."""
+    """Initialise CUDA in this process and read what it cost on CUDA device `index` (see the module docstring).
+
+    Every card's NVML reading is taken before CUDA exists here; which card is CUDA's `index` is
+    known only after (CUDA_VISIBLE_DEVICES may hide and reorder cards), matched by UUID or PCI id.
+    """
+    import os
+
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() through NVML, not CUDA
     import torch
 
     if not torch.cuda.is_available():
@@ -58,13 +65,16 @@ def measure_cuda_context(index: int = 0) -> CudaContext:
         raise DeviceError("CUDA is already initialised in this process; measure the context in a fresh one")
     import pynvml
 
-    from memprof.measure.nvml import gpu_info
-    from memprof.profile import catalog_gpu_for
+    from memprof.measure.nvml import _text, nvml_handle_for_cuda_device, uuid_key
 
     pynvml.nvmlInit()
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        before = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        before_by_uuid = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            before_by_uuid[uuid_key(pynvml.nvmlDeviceGetUUID(handle))] = int(
+                pynvml.nvmlDeviceGetMemoryInfo(handle).used
+            )
         device = torch.device("cuda", index)
         # load what a profiled step loads: the context, cuBLAS (bf16 and fp32 GEMMs) and its workspace
         for dtype in (torch.bfloat16, torch.float32):
@@ -72,18 +82,27 @@ def measure_cuda_context(index: int = 0) -> CudaContext:
             (a @ a).sum().item()
         torch.cuda.synchronize(device)
         reserved = int(torch.cuda.memory_reserved(device))
+        handle = nvml_handle_for_cuda_device(pynvml, index)
+        if handle is None:
+            raise DeviceError(
+                f"NVML lists no card with the UUID or PCI id of CUDA device {index}; cannot read its memory"
+            )
         after = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        before = before_by_uuid[uuid_key(pynvml.nvmlDeviceGetUUID(handle))]
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
     finally:
         pynvml.nvmlShutdown()
-    info = gpu_info(index)
+    from memprof.profile import catalog_gpu_for  # after the readings: nothing imported may touch CUDA first
+
     name = torch.cuda.get_device_name(device)
     card = catalog_gpu_for(name)
     return CudaContext(
         device_name=name,
-        driver=info.driver if info else None,
+        driver=driver,
         torch_version=torch.__version__,
         cuda_version=torch.version.cuda,
-        memory_bytes=info.memory_bytes if info and info.memory_bytes else 0,
+        memory_bytes=total,
         used_before_bytes=before,
         used_after_bytes=after,
         reserved_bytes=reserved,

@@ -36,6 +36,12 @@ def check_device(device: str, settings: tuple[Setting, ...]) -> None:
 
     if device == "cuda" and not torch.cuda.is_available():
         raise DeviceError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if device == "cuda":
+        # this process only plans and starts workers: its CUDA context would sit in their NVML peaks,
+        # and importing bitsandbytes (peft does too) would create one (see import_bitsandbytes_without_cuda)
+        from memprof.measure.nvml import import_bitsandbytes_without_cuda
+
+        import_bitsandbytes_without_cuda()
     quantized = [s.name for s in settings if s.quantized]
     if quantized:
         try:
