@@ -26,21 +26,45 @@ from dataclasses import dataclass
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+BEFORE_TRACKING = "before tracking"  # made_by of storages registered with track(), with describe
+
 
 @dataclass
 class _Record:
-    """One storage's life: its bytes and the event numbers at which it appeared and was freed."""
+    """One storage's life: its bytes and the event numbers at which it appeared and was freed.
+
+    With `describe`, also what made it (an op, or BEFORE_TRACKING) and the first tensor seen on it
+    (its shape and dtype), kept as objects: turned into text only for `held_at_peak`."""
 
     nbytes: int
     born: int
     died: int | None = None
+    made_by: object = None
+    shape: object = None
+    dtype: object = None
+
+
+@dataclass(frozen=True)
+class HeldStorage:
+    """A storage live at the peak: its bytes, what made it, a tensor's shape and dtype on it, and its
+    kind where a category passed to `held_at_peak` claims it (else None)."""
+
+    nbytes: int
+    made_by: str | None
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    kind: str | None = None
 
 
 class LiveBytesTracker(TorchDispatchMode):
     """Counts the bytes of live tensor storages; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, real_only: bool = False, describe: bool = False) -> None:
+        """`real_only`: leave out meta storages (fake and meta tensors hold no memory), for measuring
+        code that may itself simulate on fake tensors. `describe`: keep what made each storage."""
         super().__init__()
+        self._real_only = real_only
+        self._describe = describe
         self._live: dict[int, _Record] = {}  # StorageImpl address -> record, while alive
         self._records: list[_Record] = []
         self._event = 0
@@ -53,8 +77,9 @@ class LiveBytesTracker(TorchDispatchMode):
     # -- counting -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        made_by = func if self._describe else None
         for t in tree_flatten(out)[0]:
-            self._see(t)
+            self._see(t, made_by)
         return out
 
     def track(self, *objs) -> int:
@@ -64,15 +89,17 @@ class LiveBytesTracker(TorchDispatchMode):
         """
         before = self.current_bytes
         for t in _tensors(objs):
-            self._see(t)
+            self._see(t, BEFORE_TRACKING if self._describe else None)
         return self.current_bytes - before
 
-    def _see(self, t) -> None:
+    def _see(self, t, made_by: object = None) -> None:
         import torch
 
         if not isinstance(t, torch.Tensor):
             return
         storage = t.untyped_storage()
+        if self._real_only and storage.device.type == "meta":
+            return
         key = storage._cdata
         nbytes = storage.nbytes()
         record = self._live.get(key)
@@ -83,6 +110,8 @@ class LiveBytesTracker(TorchDispatchMode):
             return
         self._event += 1
         record = _Record(nbytes, self._event)
+        if self._describe:
+            record.made_by, record.shape, record.dtype = made_by, t.shape, t.dtype
         self._live[key] = record
         self._records.append(record)
         weakref.finalize(storage, self._free, key, record)
@@ -122,6 +151,27 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def key_of(self, t) -> int:
         return t.untyped_storage()._cdata
+
+    def held_at_peak(self, largest: int = 5, categories: dict[str, Iterable] | None = None) -> list[HeldStorage]:
+        """The `largest` storages live at the peak, biggest first (needs `describe=True`).
+
+        `categories` as in `breakdown_at_peak` (tensors alive now) names the kind of those it holds."""
+        if not self._describe:
+            raise ValueError("held_at_peak needs LiveBytesTracker(describe=True)")
+        kinds: dict[int, str] = {}
+        for name, objs in (categories or {}).items():
+            for t in _tensors([objs]):
+                record = self._live.get(self.key_of(t))
+                if record is not None:
+                    kinds.setdefault(id(record), name)
+        at_peak = [
+            r for r in self._records if r.born <= self._peak_event and (r.died is None or r.died > self._peak_event)
+        ]
+        at_peak.sort(key=lambda r: r.nbytes, reverse=True)
+        return [
+            HeldStorage(r.nbytes, str(r.made_by), tuple(r.shape), str(r.dtype).removeprefix("torch."), kinds.get(id(r)))
+            for r in at_peak[:largest]
+        ]
 
     def breakdown_at_peak(self, categories: dict[str, Iterable]) -> dict[str, int]:
         """Bytes live at the peak, split by category; what no category claims goes to "other".
