@@ -41,7 +41,7 @@ from memprof.simulate import (
     simulate_model,
     sliding_window,
 )
-from memprof.step import DEFAULT_LORA_R, default_alpha
+from memprof.step import DEFAULT_LORA_R, default_alpha, resolve_grad_checkpointing
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 MAX_SWEEP_BATCH = 1 << 20
@@ -305,7 +305,7 @@ def plan(
     lora_r: int = DEFAULT_LORA_R,
     lora_alpha: float | None = None,
     target: str | tuple[str, ...] | None = None,
-    grad_checkpointing: bool = False,
+    grad_checkpointing: bool | None = None,
     gpus: tuple[str, ...] | None = None,
     gpu_file=None,
     num_gpus: int = 1,
@@ -317,7 +317,8 @@ def plan(
 ) -> PlanReport:
     """Plan MODEL's step (task infer / lora / qlora / full) on every GPU of the table (or `gpus`).
 
-    `setting` defaults to bf16 (nf4-dq for qlora). `device="cpu"` plans for this machine's memory
+    `setting` defaults to bf16 (nf4-dq for qlora). `grad_checkpointing` None takes the task's default
+    (memprof.step.default_grad_checkpointing: on for qlora, off otherwise). `device="cpu"` plans for this machine's memory
     instead, with the CPU's defaults (AdamW for-loop), to be checked against `memprof profile --device cpu`.
     """
     if task not in TASKS:
@@ -326,6 +327,7 @@ def plan(
     if shard == "none" and num_gpus > 1:
         shard = "ddp"
     _check(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
+    grad_checkpointing = resolve_grad_checkpointing(grad_checkpointing, task, quantized=chosen_setting.quantized)
     if new_tokens < 0:
         raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
     table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))

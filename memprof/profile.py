@@ -26,7 +26,7 @@ from memprof.inventory import inventory_for
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
 from memprof.settings import Setting, parse_settings
-from memprof.step import DEFAULT_LORA_R, default_alpha
+from memprof.step import DEFAULT_LORA_R, default_alpha, resolve_grad_checkpointing
 
 TRAIN_MODES = ("lora", "full", "none")
 RESULT_KIND = "memprof.profile"
@@ -125,7 +125,9 @@ class ProfileReport:
     lora_r: int | None = None
     lora_alpha: int | None = None
     target: tuple[str, ...] | str | None = None  # LoRA target_modules as resolved: names, "all-linear", None
-    grad_checkpointing: bool = False
+    # as asked: None is each setting's default (on for QLoRA settings); TrainProfile.grad_checkpointing
+    # holds what each setting's step ran with
+    grad_checkpointing: bool | None = False
     max_gpu_memory_bytes: int | None = None
     interrupted: bool = False
     created: str = ""
@@ -577,7 +579,7 @@ def profile(
     lora_r: int = DEFAULT_LORA_R,
     lora_alpha: float | None = None,
     target: str | tuple[str, ...] | None = None,
-    grad_checkpointing: bool = False,
+    grad_checkpointing: bool | None = None,
     max_gpu_memory: int | str | None = None,
     threads: int | None = None,
     save_to: Path | None = None,
@@ -591,12 +593,13 @@ def profile(
 
     Per setting: load (time, footprint, true bytes, peak), a no-grad forward of `batch` x `seq`
     random tokens (median and IQR over `repeats` after `warmup`), a training step (`train`: "lora",
-    QLoRA on 4-bit settings; "full", fp32/bf16 only; or "none"), and, with `max_gpu_memory`, the
+    QLoRA on quantized settings; "full", fp32/bf16 only; or "none"), and, with `max_gpu_memory`, the
     offload plan under that budget (measured too on a GPU). `save_to` is rewritten after every
     setting (its directory must exist), so an interrupt leaves what was gathered; KeyboardInterrupt
     propagates after saving. `timeout_s` (> 0) kills a setting's process after that many seconds;
     the row then says "timed out after N s during <phase>". `on_progress(setting, phase)` is called
-    as work starts.
+    as work starts. `grad_checkpointing` None: each setting's default (memprof.step.default_grad_checkpointing:
+    on for QLoRA, off otherwise).
     """
     from memprof.measure.load import check_device, weights_for
     from memprof.measure.profile_worker import run_profile_worker
@@ -674,7 +677,9 @@ def profile(
                     "lora_r": lora_r,
                     "lora_alpha": lora_alpha,
                     "target": lora_target,
-                    "grad_checkpointing": grad_checkpointing,
+                    "grad_checkpointing": resolve_grad_checkpointing(
+                        grad_checkpointing, train if train != "none" else "infer", quantized=setting.quantized
+                    ),
                     "max_gpu_memory_bytes": budget if device == "cuda" else None,
                     "threads": threads,
                     "trust_remote_code": trust_remote_code,

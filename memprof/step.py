@@ -15,6 +15,24 @@ def default_alpha(r: int, alpha: float | None) -> float:
     return 2 * r if alpha is None else alpha
 
 
+def default_grad_checkpointing(task: str, *, quantized: bool = False) -> bool:
+    """Whether the step checkpoints by default: on for QLoRA (LoRA on a bitsandbytes-quantized
+    model), as the QLoRA recipe does through peft's `prepare_model_for_kbit_training`, whose
+    `use_gradient_checkpointing` defaults to True; off for inference, LoRA and full fine-tunes,
+    whose recipes (Trainer, accelerate) leave it off unless asked."""
+    return task == "qlora" or (task == "lora" and quantized)
+
+
+def resolve_grad_checkpointing(grad_checkpointing: bool | None, task: str, *, quantized: bool = False) -> bool:
+    """`grad_checkpointing` as given, or the task's default (`default_grad_checkpointing`) for None;
+    inference never checkpoints."""
+    if task == "infer":
+        return False
+    if grad_checkpointing is None:
+        return default_grad_checkpointing(task, quantized=quantized)
+    return bool(grad_checkpointing)
+
+
 def apply_lora(model, *, r: int, alpha: float, target_modules):
     """Wrap `model` with peft LoRA. `target_modules`: list of names, "all-linear", or None (peft's default)."""
     from peft import LoraConfig, get_peft_model

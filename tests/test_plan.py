@@ -17,7 +17,7 @@ from memprof.inventory import inventory_for
 from memprof.models import resolve_model
 from memprof.plan import _fit_note, plan
 from memprof.predict import predict_setting
-from memprof.report.plan import plan_renderables, render_plan_md, significant
+from memprof.report.plan import _title, plan_renderables, render_plan_md, significant
 from memprof.settings import SETTINGS
 
 
@@ -340,3 +340,30 @@ def test_gpu_file_format_is_documented_in_help(command, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for word in ('{"gpus": [ENTRY, ...]}', "memory_mib", "context_mib", "usd_per_hour", "changes only the fields"):
         assert word in text
+
+
+# -- verdicts a user can act on -------------------------------------------------------------------
+
+
+def test_qlora_checkpoints_by_default_and_no_grad_checkpointing_turns_it_off(model_dir, capsys):
+    on = plan(model_dir, task="qlora", batch=2, seq=16, gpus=("H100",))
+    off = plan(model_dir, task="qlora", batch=2, seq=16, gpus=("H100",), grad_checkpointing=False)
+    assert on.grad_checkpointing and not off.grad_checkpointing
+    assert on.breakdown.activations_bytes < off.breakdown.activations_bytes  # the simulation ran checkpointed
+    assert not plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",)).grad_checkpointing
+    assert "grad ckpt on" in _title(on) and "grad ckpt off" in _title(off)
+    argv = ["plan", model_dir, "--task", "qlora", "--batch", "2", "--seq", "16", "--gpus", "H100", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["grad_checkpointing"] is True  # the resolved value is saved
+    assert main([*argv, "--no-grad-checkpointing"]) == 0
+    assert json.loads(capsys.readouterr().out)["grad_checkpointing"] is False
+
+
+def test_title_states_checkpointing_for_every_training_task(model_dir):
+    for task in ("lora", "full"):
+        report = plan(model_dir, task=task, batch=2, seq=16, gpus=("H100",))
+        assert "grad ckpt off" in _title(report)
+        # a catalog name's title fits one line at 100 columns
+        assert _render(replace(report, model="meta-llama/Llama-3.1-70B")).splitlines()[0] == _title(report).replace(
+            report.model, "meta-llama/Llama-3.1-70B"
+        )

@@ -605,3 +605,22 @@ def test_tables_fit_100_columns_with_whole_headers_and_numbers(device):
 def test_real_results_render_at_100_columns_without_cut_cells_or_scientific_notation(lora_reports):
     text = _plain(profile_renderables(lora_reports["llama"]), width=100)
     assert "…" not in text and "e-0" not in text and "FLOP/s" in text
+
+
+def test_qlora_settings_checkpoint_by_default_and_the_others_do_not(model_dirs, monkeypatch):
+    from memprof.measure import profile_worker
+
+    asked = {}
+
+    def worker(request, **kwargs):
+        asked[request["setting"]["name"]] = request["grad_checkpointing"]
+        return {"load": None, "error": "not run in this test", "failed_phase": "load"}
+
+    monkeypatch.setattr(profile_worker, "run_profile_worker", worker)
+    monkeypatch.setattr("memprof.measure.load.weights_for", _fake_weights)
+    profile(str(model_dirs["llama"]), settings="bf16,nf4-dq", **TINY)
+    assert asked == {"bf16": False, "nf4-dq": True}
+    profile(str(model_dirs["llama"]), settings="bf16,nf4-dq", grad_checkpointing=False, **TINY)
+    assert asked == {"bf16": False, "nf4-dq": False}
+    profile(str(model_dirs["llama"]), settings="bf16", train="none", grad_checkpointing=True, **TINY)
+    assert asked["bf16"] is False  # nothing to checkpoint without a training step

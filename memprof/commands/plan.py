@@ -10,7 +10,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.commands._common import add_lora_step_args, add_model_args, add_output_args, emit, output_format
+from memprof.commands._common import (
+    add_grad_checkpointing_arg,
+    add_lora_step_args,
+    add_model_args,
+    add_output_args,
+    emit,
+    output_format,
+)
 from memprof.commands.gpus import GPU_FILE_HELP
 from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
@@ -39,7 +46,7 @@ class PlanCommand:
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
-        parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
+        add_grad_checkpointing_arg(parser)
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
         parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")

@@ -54,8 +54,8 @@ def _title(r: PlanReport) -> str:
         parts.append(f"r={r.lora_r}")
     if r.optimizer:
         parts.append(r.optimizer)
-    if r.grad_checkpointing:
-        parts.append("grad ckpt")
+    if r.task != "infer":
+        parts.append("grad ckpt " + ("on" if r.grad_checkpointing else "off"))
     if r.num_gpus > 1:
         parts.append(f"{r.num_gpus} GPUs {r.shard}")
     return " · ".join(parts)
@@ -128,9 +128,6 @@ def _legend(bd: Breakdown) -> Text:
 
 def plan_renderables(r: PlanReport) -> Group:
     table = Table(
-        title=_title(r),
-        title_style="bold",
-        title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         collapse_padding=True,
@@ -146,6 +143,8 @@ def plan_renderables(r: PlanReport) -> Group:
         table.add_row(*_cells(g, digits), style="bold green" if g.cheapest else styles[g.verdict])
     bd = r.breakdown
     parts = [
+        # the title above the table, not the table's own title: that one wraps at the table's width
+        Text(_title(r), style="bold"),
         table,
         Text(""),
         Text(f"Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", style="bold"),
