@@ -47,6 +47,24 @@ SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 MAX_SWEEP_BATCH = 1 << 20
 MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
 FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
+# The margin a fit must leave free, or it is called "tight": an ESTIMATE, not measured by memprof yet.
+# It stands for what the simulation does not count: the CUDA caching allocator's fragmentation and
+# block rounding (it rounds requests up to 512 B and carves large ones from 2 MiB-aligned segments
+# it keeps cached, so torch.cuda.max_memory_reserved() exceeds max_memory_allocated() at a training
+# step's peak, typically by several percent) and kernel workspaces (cuBLAS keeps a workspace per
+# handle and stream, 4-32 MiB; flash-attention and NCCL buffers). 5% of the card, at least 1 GiB
+# (on a 24 GB card 5% is 1.2 GiB). To be replaced by reserved - allocated measured on a GPU
+# (`memprof validate --device cuda` reports it as fragmentation).
+TIGHT_MARGIN_FRACTION = 0.05
+TIGHT_MARGIN_MIN_BYTES = 1 << 30
+
+
+def margin_bytes(memory_bytes: int, device: str = "cuda") -> int:
+    """The free memory a fit must leave on a card of `memory_bytes` not to be "tight" (an estimate,
+    see TIGHT_MARGIN_FRACTION); none on the CPU, which has no caching allocator."""
+    if device == "cpu":
+        return 0
+    return max(int(memory_bytes * TIGHT_MARGIN_FRACTION), TIGHT_MARGIN_MIN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -76,12 +94,16 @@ class GpuPlan:
     context_measured: bool
     context_given: bool  # the context figure came from the user's --gpu-file
     required_bytes: int  # breakdown total + context
-    fits: bool  # the step fits in memory_bytes without offload
-    verdict: str  # "fits", "offload" (fits with CPU offload of offload_bytes) or "no"
+    fits: bool  # the step fits in memory_bytes without offload (verdict "fits" or "tight")
+    # "fits" (headroom of at least margin_bytes), "tight" (fits, with less headroom than the margin),
+    # "offload" (fits with CPU offload of offload_bytes) or "no"
+    verdict: str
     offload_bytes: int
     headroom_bytes: int  # memory_bytes - required_bytes (negative: short by)
-    max_batch: int  # at the given seq (0: not even batch 1); from the fitted polynomial
-    max_seq: int  # at the given batch (0: not even 1 token; capped at the model's max positions); fitted
+    margin_bytes: int  # the headroom below which a fit is tight (an estimate: margin_bytes())
+    max_batch: int  # at the given seq, leaving the margin free (0: not even batch 1); from the fitted polynomial
+    # at the given batch, leaving the margin free (0: not even 1 token; capped at the model's max positions); fitted
+    max_seq: int
     max_seq_capped: bool
     step_s: float | None  # roofline estimate
     step_bound: str  # "compute" or "memory"
@@ -117,7 +139,8 @@ class PlanReport:
     from_cache: bool
     gpus: tuple[GpuPlan, ...]
     cheapest: str | None
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # the assumptions behind the answer, short: shown under the table
+    details: tuple[str, ...] = ()  # how every number is made: `plan --verbose`, Markdown, HTML, JSON
 
 
 def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, shard: str, optimizer: str) -> None:
@@ -405,13 +428,15 @@ def plan(
     for gpu in table:
         required = breakdown.total_bytes + gpu.context_bytes
         headroom = gpu.memory_bytes - required
-        verdict, offload = "fits", 0
+        margin = margin_bytes(gpu.memory_bytes, device)
+        verdict, offload = ("fits" if headroom >= margin else "tight"), 0
         if headroom < 0:
             # accelerate / DeepSpeed offload frozen weights and optimizer states; one layer stays resident
             offloadable = breakdown.weights_bytes + breakdown.optimizer_states_bytes - ctx.layer_bytes
             verdict = "offload" if -headroom <= offloadable and device != "cpu" else "no"
             offload = -headroom if verdict == "offload" else 0
-        budget = gpu.memory_bytes - gpu.context_bytes
+        # the sweeps leave the margin free: their answer is what fits without being tight
+        budget = gpu.memory_bytes - gpu.context_bytes - margin
         max_batch = _max_int(lambda b, cap=budget: total_at(b, seq) <= cap, MAX_SWEEP_BATCH)
         max_seq = max_seq_under(budget)
         step_s = bound = usd_h = usd_m = None
@@ -427,10 +452,11 @@ def plan(
                 context_measured=gpu.context_measured,
                 context_given=gpu.context_given,
                 required_bytes=required,
-                fits=verdict == "fits",
+                fits=verdict in ("fits", "tight"),
                 verdict=verdict,
                 offload_bytes=offload,
                 headroom_bytes=headroom,
+                margin_bytes=margin,
                 max_batch=max_batch,
                 max_seq=max_seq,
                 max_seq_capped=max_seq == seq_cap,
@@ -441,9 +467,7 @@ def plan(
             )
         )
     fit_error = max(f.fit_error_bytes for f in fits.values())
-    fitting = [r for r in rows if r.fits and r.usd_per_million_tokens is not None]
-    # on the exact float; an exact tie goes to the first card of the table (min keeps the first)
-    cheapest = min(fitting, key=lambda r: r.usd_per_million_tokens).name if fitting else None
+    cheapest = _cheapest(rows)
     rows = [replace(r, cheapest=r.name == cheapest) for r in rows]
     return PlanReport(
         model=resolved.name,
@@ -471,21 +495,70 @@ def plan(
         from_cache=fitted.from_cache,
         gpus=tuple(rows),
         cheapest=cheapest,
-        notes=_notes(task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows)
+        notes=_short_notes(device, fit_error, num_gpus, shard, rows),
+        details=_notes(task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows)
         + _window_note(resolved.config, ranges),
     )
 
 
+def _cheapest(rows) -> str | None:
+    """The card to star: the lowest price per hour (what is known; cost per token rests on the
+    roofline estimate, a lower bound real steps miss by several times) among the cards that fit with
+    the margin, or, if none does, among the tight ones; a tie goes to more headroom, then to the
+    first card of the table (min keeps the first)."""
+    for verdict in ("fits", "tight"):
+        priced = [r for r in rows if r.verdict == verdict and r.usd_per_hour is not None]
+        if priced:
+            return min(priced, key=lambda r: (r.usd_per_hour, -r.headroom_bytes)).name
+    return None
+
+
+def _short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
+    """The assumptions a reader needs to act on the table, a line or two each."""
+    if device == "cpu":
+        notes = [
+            "needs: the exact live-tensor peak of the step, simulated on fake tensors, against this machine's RAM."
+        ]
+    else:
+        notes = [
+            "needs: the step's exact simulated peak + a CUDA context per card (not measured yet). tight: fits with "
+            f"less free than the margin, max({TIGHT_MARGIN_FRACTION:.0%} of the card, "
+            f"{TIGHT_MARGIN_MIN_BYTES / 2**30:g} GiB), an estimate of allocator fragmentation and workspaces.",
+            "★: the lowest $/h among cards that fit (tie: more headroom). max batch/seq leave the margin free. "
+            "step ms and $/M tok are roofline estimates, lower bounds: real steps are slower.",
+        ]
+    if any(r.verdict == "offload" for r in rows):
+        notes.append("offload: fits only with the shortfall of weights and optimizer states offloaded to the CPU.")
+    if num_gpus > 1:
+        notes.append(f"{_shard_what(shard)}; cost is for all the cards.")
+    large = [r.name for r in rows if r.memory_bytes > 0 and fit_error > FIT_ERROR_NOTE_FRACTION * r.memory_bytes]
+    if large:
+        notes.append(f"max batch/seq are approximate for {', '.join(large)} (fit error {fit_error:,} bytes).")
+    return tuple(notes)
+
+
+def _shard_what(shard: str) -> str:
+    return {
+        "ddp": "ddp: nothing is divided (every GPU holds everything)",
+        "zero2": "zero2: grads and optimizer states are divided across the GPUs",
+        "zero3": "zero3: weights, trainable params, grads and optimizer states are divided; two layers gathered",
+        "fsdp": "fsdp: weights, trainable params, grads and optimizer states are divided; two layers gathered",
+    }[shard]
+
+
 def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows) -> tuple[str, ...]:
+    depths = " and ".join(map(str, fitted.simulated_layers))
     notes = [
         "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
-        f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}), "
-        "at the given batch and seq.",
+        f"(at {depths} layers, extrapolated exactly to {fitted.layers}), at the given batch and seq.",
         _fit_note(fit_error, rows),
         "Not in the simulation: CUDA caching-allocator fragmentation and rounding, kernel workspaces (cuBLAS, "
         "flash-attention), CUDA-only kernel choices (SDPA flash/mem-efficient backends are traced as the CPU kernel). "
-        "No margin is added for them yet: it is to be measured on a GPU as torch.cuda.max_memory_reserved() minus "
-        "the simulated peak (memprof profile --device cuda).",
+        f"A fit with less headroom than max({TIGHT_MARGIN_FRACTION:.0%} of the card's memory, "
+        f"{TIGHT_MARGIN_MIN_BYTES / 2**30:g} GiB) is called tight, and max batch / max seq leave that margin free: "
+        "the margin is an ESTIMATE (reserved minus allocated is typically several percent of a training step's "
+        "peak), to be measured on a GPU as torch.cuda.max_memory_reserved() minus the allocated peak "
+        "(memprof validate --device cuda).",
     ]
     if any(r.verdict == "offload" for r in rows):
         notes.append(
@@ -499,9 +572,11 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
             "bound, real steps are slower; FLOPs are counted exactly on the simulated step. " + _bound_note(rows)
         )
         notes.append(
-            "Prices are indicative on-demand USD/hour (override with --gpu-file), so cost per million tokens is an "
-            "estimate too; ★ marks the cheapest card that fits, compared on unrounded costs (a tie goes to the "
-            "first card in table order)."
+            "Prices are indicative on-demand USD/hour (override with --gpu-file). ★ marks the card with the lowest "
+            "price per hour among those that fit with the margin (among the tight ones if none does), a tie going to "
+            "more headroom, then to the first card in table order: the price is known, while cost per million tokens "
+            "rests on the roofline step time, a lower bound that real runs miss by several times, so $/M tok (est.) "
+            "is shown but does not pick the card."
         )
         if task != "infer":
             notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
@@ -533,14 +608,8 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
             f"through {path}; weights and quant state are the exact loaded bytes{kbit}.{transient}"
         )
     if num_gpus > 1:
-        what = {
-            "ddp": "nothing is divided (every GPU holds everything)",
-            "zero2": "grads and optimizer states are divided",
-            "zero3": "weights, trainable params, grads and optimizer states are divided; two layers are gathered",
-            "fsdp": "weights, trainable params, grads and optimizer states are divided; two layers are gathered",
-        }[shard]
         notes.append(
-            f"{num_gpus} GPUs, {shard}: {what}; activations, inputs and KV cache are per GPU. Cost is for all "
+            f"{num_gpus} GPUs, {_shard_what(shard)}; activations, inputs and KV cache are per GPU. Cost is for all "
             f"{num_gpus} cards; tokens per step count every GPU's batch."
         )
     if limit is None:

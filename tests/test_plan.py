@@ -89,11 +89,11 @@ def test_sweeps_are_the_largest_batch_and_seq_that_fit(model_dir, tmp_path):
     probe = plan(model_dir, task="lora", batch=3, seq=16, gpus=("H100",))
     need = probe.breakdown.total_bytes
     gpu_file = tmp_path / "gpus.json"
-    gpu_file.write_text(json.dumps({"gpus": [_card("Tiny", memory_mib=1)]}))
+    gpu_file.write_text(json.dumps({"gpus": [_card("Tiny", memory_mib=1025)]}))  # the 1 GiB margin + 1 MiB
     report = plan(model_dir, task="lora", batch=1, seq=16, gpus=("Tiny",), gpu_file=gpu_file)
     row = report.gpus[0]
-    assert row.memory_bytes == 2**20 and row.context_bytes == 0
-    assert (row.max_batch >= 3) == (need <= 2**20)
+    assert row.memory_bytes == 2**30 + 2**20 and row.context_bytes == 0 and row.margin_bytes == 2**30
+    assert (row.max_batch >= 3) == (need <= 2**20)  # the sweeps leave the margin free
 
 
 def test_cpu_device_plans_against_this_machine_with_cpu_defaults(model_dir):
@@ -256,9 +256,9 @@ def test_near_tie_for_cheapest_is_decided_on_exact_cost_and_printed_apart(model_
     report = plan(model_dir, task="lora", batch=2, seq=16, gpus=("Pricier", "Cheaper"), gpu_file=gpu_file)
     assert report.cheapest == "Cheaper"
     pricier, cheaper = report.gpus
-    assert cheaper.cheapest and cheaper.usd_per_million_tokens < pricier.usd_per_million_tokens
+    assert cheaper.cheapest and cheaper.usd_per_hour < pricier.usd_per_hour
     rows = {line.split()[0]: line for line in _render(report).splitlines() if line.startswith(("Pricier", "Cheaper"))}
-    assert rows["Pricier"].split()[-1] != rows["Cheaper"].split()[-1]  # $/M tok printed with enough digits
+    assert rows["Pricier"].split()[-2] != rows["Cheaper"].split()[-2]  # $/h printed with enough digits
 
 
 def test_fit_error_above_1_percent_of_a_card_is_called_out_with_its_size(lora_report):
@@ -367,3 +367,60 @@ def test_title_states_checkpointing_for_every_training_task(model_dir):
         assert _render(replace(report, model="meta-llama/Llama-3.1-70B")).splitlines()[0] == _title(report).replace(
             report.model, "meta-llama/Llama-3.1-70B"
         )
+
+
+def _gpu_file(tmp_path, *cards) -> str:
+    path = tmp_path / "gpus.json"
+    path.write_text(json.dumps({"gpus": list(cards)}))
+    return path
+
+
+def test_star_is_the_lowest_price_per_hour_not_the_roofline_cost_per_token(model_dir, tmp_path):
+    # Fast costs more per hour but, on the roofline, far less per token: the star stays on the known price
+    cards = _card("Fast", memory_mib=8192, bf16_dense_tflops=1000, memory_bandwidth_gbs=5000, usd_per_hour=3)
+    gpu_file = _gpu_file(tmp_path, cards, _card("Slow", memory_mib=8192, usd_per_hour=1))
+    report = plan(model_dir, task="lora", batch=2, seq=16, gpus=("Fast", "Slow"), gpu_file=gpu_file)
+    fast, slow = report.gpus
+    assert fast.usd_per_million_tokens < slow.usd_per_million_tokens and report.cheapest == "Slow"
+    text = _render(report)
+    assert "$/M tok" in text and "(est.)" in text and "lowest $/h" in text
+
+
+def test_a_fit_within_the_margin_is_tight_in_the_table_and_json_and_loses_the_star(model_dir, tmp_path, capsys):
+    need = plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",)).breakdown.total_bytes
+    tight_mib = -(-need // 2**20) + 1  # fits with about a MiB free: far under the 1 GiB margin
+    cards = (_card("Snug", memory_mib=tight_mib, usd_per_hour=0.5), _card("Roomy", memory_mib=4096, usd_per_hour=2))
+    gpu_file = _gpu_file(tmp_path, *cards)
+    report = plan(model_dir, task="lora", batch=2, seq=16, gpus=("Snug", "Roomy"), gpu_file=gpu_file)
+    snug, roomy = report.gpus
+    assert snug.fits and snug.verdict == "tight" and 0 <= snug.headroom_bytes < snug.margin_bytes == 2**30
+    assert roomy.verdict == "fits" and report.cheapest == "Roomy"  # the cheaper card is tight
+    assert snug.max_batch == 0  # nothing fits with the margin left free
+    row = next(line for line in _render(report).splitlines() if line.startswith("Snug"))
+    assert " tight " in row
+    argv = ["plan", model_dir, "--batch", "2", "--seq", "16", "--gpus", "Snug,Roomy", "--gpu-file", str(gpu_file)]
+    assert main([*argv, "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["gpus"][0]
+    assert entry["verdict"] == "tight" and entry["headroom_bytes"] == snug.headroom_bytes
+    only_snug = plan(model_dir, task="lora", batch=2, seq=16, gpus=("Snug",), gpu_file=gpu_file)
+    assert only_snug.cheapest == "Snug"  # tight ones are starred when nothing fits with the margin
+
+
+def test_first_screen_is_the_answer_short_notes_and_details_behind_verbose(lora_report):
+    report = replace(lora_report, model="meta-llama/Llama-3.1-8B")
+    text = _render(report)
+    lines = text.splitlines()
+    assert lines[0] == _title(report)  # the title on one line
+    notes = [line for line in lines[lines.index(next(x for x in lines if x.startswith("★"))) + 1 :]]
+    assert len(notes) <= 6 and "--verbose" in text
+    verbose = io.StringIO()
+    Console(file=verbose, width=100, color_system=None).print(plan_renderables(report, verbose=True))
+    assert len(verbose.getvalue().splitlines()) > len(lines) + 5 and "roofline ESTIMATE" in verbose.getvalue()
+    assert "roofline ESTIMATE" in render_plan_md(report)
+
+
+def test_without_colour_each_kind_in_the_bar_has_its_own_character(lora_report):
+    text = _render(lora_report)
+    legend = next(line for line in text.splitlines() if "weights" in line and "GiB" in line)
+    marks = re.findall(r"(\S) [a-zA-Z-]+ [\d.]+ GiB", legend)
+    assert len(marks) >= 3 and len(set(marks)) == len(marks)

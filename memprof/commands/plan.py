@@ -55,6 +55,9 @@ class PlanCommand:
             "--device", default="cuda", choices=("cuda", "cpu"), help="plan for the GPU table or this CPU"
         )
         parser.add_argument("--no-cache", action="store_true", help="re-simulate instead of reading the disk cache")
+        parser.add_argument(
+            "--verbose", "-v", action="store_true", help="under the table, how each number is made (always in md/html)"
+        )
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
@@ -84,5 +87,6 @@ class PlanCommand:
                 trust_remote_code=args.trust_remote_code,
                 use_cache=not args.no_cache,
             )
-        emit(report, args, console, table=plan_renderables, md=render_plan_md, html=render_plan_html)
+        table = lambda r: plan_renderables(r, verbose=args.verbose)  # noqa: E731
+        emit(report, args, console, table=table, md=render_plan_md, html=render_plan_html)
         return 0
