@@ -44,6 +44,9 @@ from memprof.simulate import (
 from memprof.step import DEFAULT_LORA_R, default_alpha, resolve_grad_checkpointing
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
+# What --num-gpus auto tries, smallest first: cloud instances hold 1, 2, 4 or 8 cards, and beyond
+# one node jobs take whole nodes of 8.
+AUTO_GPU_COUNTS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
 MAX_SWEEP_BATCH = 1 << 20
 MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
 FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
@@ -91,6 +94,7 @@ class GpuPlan:
     name: str
     memory_bytes: int
     context_bytes: int
+    num_gpus: int  # cards per job on this row (--num-gpus, or with auto the fewest that fit)
     context_measured: bool
     context_given: bool  # the context figure came from the user's --gpu-file
     required_bytes: int  # breakdown total + context
@@ -125,12 +129,12 @@ class PlanReport:
     lora_r: int | None
     lora_alpha: float | None
     grad_checkpointing: bool
-    num_gpus: int
+    num_gpus: int  # with num_gpus_auto: the starred card's count (the breakdown's), else as given
     shard: str
     device: str  # "cuda" (plan for the GPU table) or "cpu" (this machine)
     layers: int
     simulated_layers: tuple[int, ...]
-    breakdown: Breakdown  # per GPU, after sharding
+    breakdown: Breakdown  # per GPU, after sharding over num_gpus
     unsharded_total_bytes: int
     flops_per_step: int  # per GPU, counted exactly (FlopCounterMode on the simulated step)
     tokens_per_step: int  # all GPUs
@@ -139,17 +143,18 @@ class PlanReport:
     from_cache: bool
     gpus: tuple[GpuPlan, ...]
     cheapest: str | None
+    num_gpus_auto: bool = False  # --num-gpus auto: every row has the fewest cards that fit (AUTO_GPU_COUNTS)
     notes: tuple[str, ...] = ()  # the assumptions behind the answer, short: shown under the table
     details: tuple[str, ...] = ()  # how every number is made: `plan --verbose`, Markdown, HTML, JSON
 
 
-def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, shard: str, optimizer: str) -> None:
+def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: str, optimizer: str) -> None:
     if task not in TASKS:
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
-    if num_gpus < 1:
-        raise PlanOptionError(f"--num-gpus must be at least 1 (got {num_gpus})")
+    if num_gpus != "auto" and num_gpus < 1:
+        raise PlanOptionError(f"--num-gpus must be at least 1 or auto (got {num_gpus})")
     if shard not in SHARDS:
         raise PlanOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARDS)}")
     if optimizer not in OPTIMIZERS:
@@ -331,7 +336,7 @@ def plan(
     grad_checkpointing: bool | None = None,
     gpus: tuple[str, ...] | None = None,
     gpu_file=None,
-    num_gpus: int = 1,
+    num_gpus: int | str = 1,
     shard: str = "none",
     device: str = "cuda",
     allow_download: bool = False,
@@ -347,9 +352,19 @@ def plan(
     if task not in TASKS:
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     chosen_setting = get_setting(setting or ("nf4-dq" if task == "qlora" else "bf16"))
-    if shard == "none" and num_gpus > 1:
+    auto = num_gpus == "auto"
+    if auto and shard not in ("zero2", "zero3", "fsdp"):
+        raise PlanOptionError(
+            f"--num-gpus auto finds the fewest GPUs whose shards fit: give --shard zero2, zero3 or fsdp "
+            f"({'ddp' if shard == 'ddp' else 'without --shard, every GPU'} holds everything, so more GPUs never help)"
+        )
+    if not auto and not (isinstance(num_gpus, int) and not isinstance(num_gpus, bool)):
+        raise PlanOptionError(f"--num-gpus takes a number of GPUs or auto, not {num_gpus!r}")
+    if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
     _check(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
+    if device == "cpu" and (auto or num_gpus > 1):
+        raise PlanOptionError("--device cpu plans for this one machine: --num-gpus does not apply")
     grad_checkpointing = resolve_grad_checkpointing(grad_checkpointing, task, quantized=chosen_setting.quantized)
     if new_tokens < 0:
         raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
@@ -385,12 +400,13 @@ def plan(
         dequant_bytes=_dequant_bytes(inventory, chosen_setting),
         int8_out_features=_int8_out_features(inventory, chosen_setting, task, device),
         layer_bytes=_layer_weight_bytes(inventory, chosen_setting),
-        num_gpus=num_gpus,
+        num_gpus=1 if auto else num_gpus,
         shard=shard,
     )
-    breakdown = _peak(fitted.direct, ctx)
+    # the one division (_phase_breakdown), at each count of GPUs a row may need
+    contexts = {n: replace(ctx, num_gpus=n) for n in (AUTO_GPU_COUNTS if auto else (num_gpus,))}
+    breakdowns = {n: _peak(fitted.direct, c) for n, c in contexts.items()}
     unsharded = _peak(fitted.direct, replace(ctx, num_gpus=1, shard="none")).total_bytes
-    tokens = batch * (seq + spec.new_tokens) * num_gpus
     # the longest prompt the sweep may reach: the model's positions less the tokens generated after it
     seq_cap = MAX_SWEEP_SEQ if limit is None else limit - spec.new_tokens
     # the prompt lengths one fit holds for (a sliding window splits them in two): the fit of another
@@ -410,22 +426,36 @@ def plan(
             )
         return fits[seq_range]
 
-    def total_at(b: int, s: int, model_fit=fitted) -> int:
+    def total_at(b: int, s: int, n: int, model_fit=fitted) -> int:
         if (b, s) == (batch, seq):
-            return breakdown.total_bytes
-        return _peak(model_fit.at(b, s), ctx).total_bytes
+            return breakdowns[n].total_bytes
+        return _peak(model_fit.at(b, s), contexts[n]).total_bytes
 
-    def max_seq_under(cap: int) -> int:
+    def max_seq_under(cap: int, n: int) -> int:
         best = 0
         for lo, hi in ranges:
             model_fit = fit_for((lo, hi))
-            best = _max_int(lambda s, mf=model_fit: total_at(batch, s, mf) <= cap, hi, lo)
+            best = _max_int(lambda s, mf=model_fit: total_at(batch, s, n, mf) <= cap, hi, lo)
             if best < hi:
                 break
         return best
 
+    def gpus_for(gpu: catalog.Gpu) -> int:
+        """The count of this card per job: as given, or with auto the fewest that fit with the margin
+        (else the fewest that fit at all, else the most tried)."""
+        if not auto:
+            return num_gpus
+        free = {n: gpu.memory_bytes - gpu.context_bytes - bd.total_bytes for n, bd in breakdowns.items()}
+        margin = margin_bytes(gpu.memory_bytes, device)
+        return next(
+            (n for n in AUTO_GPU_COUNTS if free[n] >= margin),
+            next((n for n in AUTO_GPU_COUNTS if free[n] >= 0), AUTO_GPU_COUNTS[-1]),
+        )
+
     rows = []
     for gpu in table:
+        n = gpus_for(gpu)
+        breakdown, tokens = breakdowns[n], batch * (seq + spec.new_tokens) * n
         required = breakdown.total_bytes + gpu.context_bytes
         headroom = gpu.memory_bytes - required
         margin = margin_bytes(gpu.memory_bytes, device)
@@ -437,18 +467,19 @@ def plan(
             offload = -headroom if verdict == "offload" else 0
         # the sweeps leave the margin free: their answer is what fits without being tight
         budget = gpu.memory_bytes - gpu.context_bytes - margin
-        max_batch = _max_int(lambda b, cap=budget: total_at(b, seq) <= cap, MAX_SWEEP_BATCH)
-        max_seq = max_seq_under(budget)
+        max_batch = _max_int(lambda b, cap=budget, n=n: total_at(b, seq, n) <= cap, MAX_SWEEP_BATCH)
+        max_seq = max_seq_under(budget, n)
         step_s = bound = usd_h = usd_m = None
         if gpu.bf16_dense_tflops > 0:
             step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
-            usd_h = gpu.usd_per_hour * num_gpus
+            usd_h = gpu.usd_per_hour * n
             usd_m = usd_h / 3600 * step_s / tokens * 1e6
         rows.append(
             GpuPlan(
                 name=gpu.name,
                 memory_bytes=gpu.memory_bytes,
                 context_bytes=gpu.context_bytes,
+                num_gpus=n,
                 context_measured=gpu.context_measured,
                 context_given=gpu.context_given,
                 required_bytes=required,
@@ -469,6 +500,8 @@ def plan(
     fit_error = max(f.fit_error_bytes for f in fits.values())
     cheapest = _cheapest(rows)
     rows = [replace(r, cheapest=r.name == cheapest) for r in rows]
+    # the report's breakdown: at the starred card's count (with auto, each row has its own)
+    shown = next((r.num_gpus for r in rows if r.cheapest), rows[0].num_gpus if rows else 1)
     return PlanReport(
         model=resolved.name,
         architecture=inventory.architecture,
@@ -481,22 +514,34 @@ def plan(
         lora_r=lora_r if sim_task == "lora" else None,
         lora_alpha=lora_alpha if sim_task == "lora" else None,
         grad_checkpointing=grad_checkpointing,
-        num_gpus=num_gpus,
+        num_gpus=shown,
         shard=shard,
         device=device,
         layers=fitted.layers,
         simulated_layers=fitted.simulated_layers,
-        breakdown=breakdown,
+        breakdown=breakdowns[shown],
         unsharded_total_bytes=unsharded,
         flops_per_step=fitted.direct.flops,
-        tokens_per_step=tokens,
+        tokens_per_step=batch * (seq + spec.new_tokens) * shown,
         fit_error_bytes=fit_error,
         max_positions=limit,
         from_cache=fitted.from_cache,
         gpus=tuple(rows),
         cheapest=cheapest,
-        notes=_short_notes(device, fit_error, num_gpus, shard, rows),
-        details=_notes(task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows)
+        num_gpus_auto=auto,
+        notes=_short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows),
+        details=_notes(
+            task,
+            chosen_setting,
+            device,
+            fitted,
+            fit_error,
+            "auto" if auto else num_gpus,
+            shard,
+            limit,
+            spec.new_tokens,
+            rows,
+        )
         + _window_note(resolved.config, ranges),
     )
 
@@ -529,7 +574,13 @@ def _short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
         ]
     if any(r.verdict == "offload" for r in rows):
         notes.append("offload: fits only with the shortfall of weights and optimizer states offloaded to the CPU.")
-    if num_gpus > 1:
+    if num_gpus == "auto":
+        counts = ", ".join(map(str, AUTO_GPU_COUNTS[:4])) + f", then multiples of 8 up to {AUTO_GPU_COUNTS[-1]}"
+        notes.append(
+            f"GPUs: the fewest of {counts} whose shards fit with the margin. {_shard_what(shard)}; "
+            "$/h is for all the cards."
+        )
+    elif num_gpus > 1:
         notes.append(f"{_shard_what(shard)}; cost is for all the cards.")
     large = [r.name for r in rows if r.memory_bytes > 0 and fit_error > FIT_ERROR_NOTE_FRACTION * r.memory_bytes]
     if large:
@@ -607,10 +658,11 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
             f"{setting.name}: the real bitsandbytes layers run on fake tensors (bitsandbytes' own fake kernels), "
             f"through {path}; weights and quant state are the exact loaded bytes{kbit}.{transient}"
         )
-    if num_gpus > 1:
+    if num_gpus == "auto" or num_gpus > 1:
+        cards = "each row's GPUs" if num_gpus == "auto" else f"{num_gpus} GPUs"
         notes.append(
-            f"{num_gpus} GPUs, {_shard_what(shard)}; activations, inputs and KV cache are per GPU. Cost is for all "
-            f"{num_gpus} cards; tokens per step count every GPU's batch."
+            f"{cards}, {_shard_what(shard)}; activations, inputs and KV cache are per GPU. Cost is for all "
+            "the cards; tokens per step count every GPU's batch. The bar shows the starred card's count."
         )
     if limit is None:
         notes.append(f"The model has no position limit (e.g. ALiBi); max seq is swept up to {MAX_SWEEP_SEQ:,}.")

@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 
 import pytest
+from conftest import tiny_config
 from rich.console import Console
 
 from memprof.catalog import gpus, gpus_with
@@ -424,3 +425,37 @@ def test_without_colour_each_kind_in_the_bar_has_its_own_character(lora_report):
     legend = next(line for line in text.splitlines() if "weights" in line and "GiB" in line)
     marks = re.findall(r"(\S) [a-zA-Z-]+ [\d.]+ GiB", legend)
     assert len(marks) >= 3 and len(set(marks)) == len(marks)
+
+
+def test_num_gpus_auto_is_the_fewest_cards_whose_shards_fit_by_the_same_division(tmp_path, capsys):
+    # 16 layers: with 2, the two gathered layers would be the whole model and sharding would not help
+    model_dir = tmp_path / "deep"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({**tiny_config("llama"), "num_hidden_layers": 16}))
+    model_dir = str(model_dir)
+    per_gpu = {
+        n: plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",), num_gpus=n, shard="fsdp").breakdown
+        for n in (1, 2, 4)
+    }
+    assert per_gpu[4].total_bytes < per_gpu[2].total_bytes < per_gpu[1].total_bytes
+    memory = 2**30 + (per_gpu[4].total_bytes + per_gpu[2].total_bytes) // 2  # 4 fit with the 1 GiB margin, 2 not
+    gpu_file = _gpu_file(tmp_path, _card("Mid", memory_mib=memory / 2**20, usd_per_hour=0.5))
+    auto = plan(model_dir, task="lora", batch=2, seq=16, gpus=("Mid", "H100"), gpu_file=gpu_file, num_gpus="auto",
+                shard="fsdp")  # fmt: skip
+    mid, h100 = auto.gpus
+    assert (mid.num_gpus, mid.verdict, mid.required_bytes) == (4, "fits", per_gpu[4].total_bytes)
+    assert mid.usd_per_hour == 2 and h100.num_gpus == 1 and auto.num_gpus_auto
+    assert auto.cheapest == "Mid" and auto.num_gpus == 4 and auto.breakdown == per_gpu[4]
+    text = _render(auto)
+    assert "GPUs" in text and "fsdp, fewest GPUs" in _title(auto)
+    assert re.search(r"^Mid ★\s+4\s", text, re.M)
+    argv = ["plan", model_dir, "--batch", "2", "--seq", "16", "--gpus", "Mid", "--gpu-file", str(gpu_file)]
+    assert main([*argv, "--num-gpus", "auto", "--shard", "fsdp", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpus"][0]["num_gpus"] == 4
+    with pytest.raises(PlanOptionError, match="--shard zero2, zero3 or fsdp"):
+        plan(model_dir, task="lora", batch=2, seq=16, num_gpus="auto")
+    try:  # argparse's own error: an exit of 2 (or a return of 2, however cli.main reports it)
+        code = main([*argv, "--num-gpus", "many"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2 and "auto" in capsys.readouterr().err

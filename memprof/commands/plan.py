@@ -25,6 +25,15 @@ from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
 
 
+def _num_gpus(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of GPUs or auto, not {text!r}") from None
+
+
 def _gpu_list(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
@@ -49,7 +58,13 @@ class PlanCommand:
         add_grad_checkpointing_arg(parser)
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
-        parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")
+        parser.add_argument(
+            "--num-gpus",
+            type=_num_gpus,
+            default=1,
+            metavar="N|auto",
+            help="GPUs per job (data parallel; default 1); auto: the fewest of each card that fit, with --shard",
+        )
         parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")
         parser.add_argument(
             "--device", default="cuda", choices=("cuda", "cpu"), help="plan for the GPU table or this CPU"

@@ -42,21 +42,30 @@ _TABLE_HEAD = (
     "$/M tok\n(est.)",
 )
 HEAD = tuple(h.replace("\n", " ") for h in _TABLE_HEAD)
+GPUS_HEAD = "GPUs"  # the column --num-gpus auto adds after the card's name
+
+
+def _head(r: PlanReport, *, wrapped: bool) -> tuple[str, ...]:
+    head = _TABLE_HEAD if wrapped else HEAD
+    return (head[0], GPUS_HEAD, *head[1:]) if r.num_gpus_auto else head
+
+
 SIGNIFICANT = 3
 
 
 def _title(r: PlanReport) -> str:
     what = {"infer": "inference", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}[r.task]
-    parts = [f"{r.model} · {what} · {r.setting} · batch {r.batch} × seq {r.seq:,}"]
-    if r.new_tokens:
-        parts.append(f"+{r.new_tokens:,} new tokens")
     if r.lora_r is not None:
-        parts.append(f"r={r.lora_r}")
-    if r.optimizer:
+        what += f" r={r.lora_r}"
+    batch = f"batch {r.batch} × seq {r.seq:,}" + (f" +{r.new_tokens:,} new" if r.new_tokens else "")
+    parts = [r.model, what, r.setting, batch]
+    if r.optimizer and r.optimizer != "adamw":  # AdamW, the default, is named in the details
         parts.append(r.optimizer)
     if r.task != "infer":
         parts.append("grad ckpt " + ("on" if r.grad_checkpointing else "off"))
-    if r.num_gpus > 1:
+    if r.num_gpus_auto:
+        parts.append(f"{r.shard}, fewest GPUs")
+    elif r.num_gpus > 1:
         parts.append(f"{r.num_gpus} GPUs {r.shard}")
     return " · ".join(parts)
 
@@ -88,10 +97,11 @@ def _gib(n: int) -> str:
     return significant(n / 2**30)
 
 
-def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT) -> list[str]:
+def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT, *, auto: bool = False) -> list[str]:
     seq = "—" if g.max_seq == 0 else f"{g.max_seq:,}" + (" (max)" if g.max_seq_capped else "")
     return [
         g.name + (" ★" if g.cheapest else ""),
+        *([f"{g.num_gpus}" if g.fits else f">{g.num_gpus}"] if auto else []),
         _gib(g.memory_bytes),
         _gib(g.required_bytes),
         VERDICT[g.verdict],
@@ -147,21 +157,23 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
         collapse_padding=True,
         pad_edge=False,
     )
-    for i, name in enumerate(_TABLE_HEAD):
-        table.add_column(
-            name, justify="left" if i in (0, 3) else "right", style="bold" if i == 0 else None, no_wrap=i != 0
-        )
+    head = _head(r, wrapped=True)
+    for i, name in enumerate(head):
+        left = i == 0 or name == "verdict"
+        table.add_column(name, justify="left" if left else "right", style="bold" if i == 0 else None, no_wrap=i != 0)
     styles = {"fits": None, "tight": "yellow", "offload": "yellow", "no": "dim"}
     digits = _cost_digits(r)
     for g in r.gpus:
-        table.add_row(*_cells(g, digits), style="bold green" if g.cheapest else styles[g.verdict])
+        table.add_row(*_cells(g, digits, auto=r.num_gpus_auto), style="bold green" if g.cheapest else styles[g.verdict])
     bd = r.breakdown
     parts = [
         # the title above the table, not the table's own title: that one wraps at the table's width
         Text(_title(r), style="bold"),
         table,
         Text(""),
-        Text(f"Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", style="bold"),
+        Text(
+            f"Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context", style="bold"
+        ),
         _Bar(bd),
         Text(_answer(r), style="bold"),
     ]
@@ -178,6 +190,11 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
     return Group(*parts)
 
 
+def _at(r: PlanReport) -> str:
+    """With --num-gpus auto, which count the breakdown is at (the starred card's)."""
+    return f" at {r.num_gpus} GPUs (the ★ card's)" if r.num_gpus_auto else ""
+
+
 def _answer(r: PlanReport) -> str:
     """The line that answers the question: which card, how much left free, at what batch."""
     if r.cheapest is None:
@@ -185,9 +202,11 @@ def _answer(r: PlanReport) -> str:
     g = next(g for g in r.gpus if g.name == r.cheapest)
     tight = " (tight)" if g.verdict == "tight" else ""
     batch = f"max batch {g.max_batch:,}" if g.max_batch else "not batch 1 with the margin free"
+    cards = f"{g.num_gpus} × " if r.num_gpus_auto or g.num_gpus > 1 else ""
+    per_gpu = " per GPU" if cards else ""
     return (
-        f"★ cheapest that fits: {g.name}{tight}, ${significant(g.usd_per_hour)}/h, {_gib(g.headroom_bytes)} GiB "
-        f"free; {batch} at seq {r.seq:,}"
+        f"★ cheapest that fits: {cards}{g.name}{tight}, ${significant(g.usd_per_hour)}/h, {_gib(g.headroom_bytes)} "
+        f"GiB free{per_gpu}; {batch} at seq {r.seq:,}"
     )
 
 
@@ -200,9 +219,10 @@ def render_plan_html(r: PlanReport) -> str:
 def render_plan_md(r: PlanReport) -> str:
     bd = r.breakdown
     lines = [f"## {_title(r)}", ""]
-    lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    lines += ["| " + " | ".join(_cells(g, _cost_digits(r))) + " |" for g in r.gpus]
-    lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", ""]
+    head = _head(r, wrapped=False)
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cells(g, _cost_digits(r), auto=r.num_gpus_auto)) + " |" for g in r.gpus]
+    lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context", ""]
     lines += ["| part | bytes | GiB |", "|---|---|---|"]
     training_only = ("trainable_params_bytes", "grads_bytes", "optimizer_states_bytes")
     parts = [(name, label) for name, label, _, _ in BAR_PARTS if r.task != "infer" or name not in training_only]
