@@ -7,6 +7,12 @@ card's CUDA context (gpus.json, labelled with whether it was measured). Sweeps o
 sequence length evaluate the fitted polynomial (simulate.StepFit), so they are arithmetic. Step time is a roofline estimate and prices
 are indicative: both are labelled as estimates wherever they are shown.
 
+Verdicts: "fits" leaves at least the margin free (margin_bytes: an estimate of fragmentation and
+workspaces, which are not simulated), "tight" fits with less, "offload" fits only with CPU offload,
+"no". The sweeps leave the margin free. The star is the lowest price per hour among the cards that
+fit (the price is known; the roofline cost per token is a lower bound). --num-gpus auto gives each
+card the fewest of AUTO_GPU_COUNTS that fit, dividing as below.
+
 Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
 - none (N=1) or ddp (N>1 without --shard): nothing is divided.
 - zero2 (DeepSpeed ZeRO stage 2): grads and optimizer states are divided by N.
@@ -41,7 +47,13 @@ from memprof.simulate import (
     simulate_model,
     sliding_window,
 )
-from memprof.step import DEFAULT_LORA_R, default_alpha, resolve_grad_checkpointing
+from memprof.step import (
+    DEFAULT_LORA_R,
+    check_precision,
+    default_alpha,
+    resolve_grad_checkpointing,
+    weights_dtype,
+)
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 # What --num-gpus auto tries, smallest first: cloud instances hold 1, 2, 4 or 8 cards, and beyond
@@ -129,6 +141,7 @@ class PlanReport:
     lora_r: int | None
     lora_alpha: float | None
     grad_checkpointing: bool
+    precision: str  # memprof.step.PRECISIONS: "mixed" = fp32 master weights, forward under 16-bit autocast
     num_gpus: int  # with num_gpus_auto: the starred card's count (the breakdown's), else as given
     shard: str
     device: str  # "cuda" (plan for the GPU table) or "cpu" (this machine)
@@ -334,6 +347,7 @@ def plan(
     lora_alpha: float | None = None,
     target: str | tuple[str, ...] | None = None,
     grad_checkpointing: bool | None = None,
+    precision: str | None = None,
     gpus: tuple[str, ...] | None = None,
     gpu_file=None,
     num_gpus: int | str = 1,
@@ -342,12 +356,16 @@ def plan(
     allow_download: bool = False,
     trust_remote_code: bool = False,
     use_cache: bool = True,
+    on_progress=None,
 ) -> PlanReport:
     """Plan MODEL's step (task infer / lora / qlora / full) on every GPU of the table (or `gpus`).
 
     `setting` defaults to bf16 (nf4-dq for qlora). `grad_checkpointing` None takes the task's default
-    (memprof.step.default_grad_checkpointing: on for qlora, off otherwise). `device="cpu"` plans for this machine's memory
+    (memprof.step.default_grad_checkpointing: on for qlora, off otherwise); `precision` None the task's
+    (memprof.step.default_precision: mixed for a 16-bit full fine-tune, pure otherwise). `device="cpu"` plans for this machine's memory
     instead, with the CPU's defaults (AdamW for-loop), to be checked against `memprof profile --device cpu`.
+    `num_gpus="auto"` (with shard zero2/zero3/fsdp): each card's fewest that fit. `on_progress(message)`
+    is told what is being simulated.
     """
     if task not in TASKS:
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -366,6 +384,9 @@ def plan(
     if device == "cpu" and (auto or num_gpus > 1):
         raise PlanOptionError("--device cpu plans for this one machine: --num-gpus does not apply")
     grad_checkpointing = resolve_grad_checkpointing(grad_checkpointing, task, quantized=chosen_setting.quantized)
+    precision = check_precision(precision, task, chosen_setting)
+    # the bytes the weights are held in: fp32 masters under mixed precision
+    weights_setting = replace(chosen_setting, dtype=weights_dtype(chosen_setting.dtype, precision))
     if new_tokens < 0:
         raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
     table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))
@@ -390,16 +411,23 @@ def plan(
         grad_checkpointing=grad_checkpointing,
         new_tokens=new_tokens if task == "infer" else 0,
         device="cpu" if device == "cpu" else "cuda",
+        precision=precision,
     )
     fitted = simulate_model(
-        resolved.config, spec, batch=batch, seq=seq, trust_remote_code=trust_remote_code, use_cache=use_cache
+        resolved.config,
+        spec,
+        batch=batch,
+        seq=seq,
+        trust_remote_code=trust_remote_code,
+        use_cache=use_cache,
+        on_progress=on_progress,
     )
     ctx = _Context(
         task=task,
         setting=chosen_setting,
         dequant_bytes=_dequant_bytes(inventory, chosen_setting),
         int8_out_features=_int8_out_features(inventory, chosen_setting, task, device),
-        layer_bytes=_layer_weight_bytes(inventory, chosen_setting),
+        layer_bytes=_layer_weight_bytes(inventory, weights_setting),
         num_gpus=1 if auto else num_gpus,
         shard=shard,
     )
@@ -423,6 +451,7 @@ def plan(
                 seq=seq_range[0],
                 trust_remote_code=trust_remote_code,
                 use_cache=use_cache,
+                on_progress=on_progress,
             )
         return fits[seq_range]
 
@@ -514,6 +543,7 @@ def plan(
         lora_r=lora_r if sim_task == "lora" else None,
         lora_alpha=lora_alpha if sim_task == "lora" else None,
         grad_checkpointing=grad_checkpointing,
+        precision=precision,
         num_gpus=shown,
         shard=shard,
         device=device,
@@ -541,6 +571,7 @@ def plan(
             limit,
             spec.new_tokens,
             rows,
+            precision,
         )
         + _window_note(resolved.config, ranges),
     )
@@ -597,7 +628,9 @@ def _shard_what(shard: str) -> str:
     }[shard]
 
 
-def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows) -> tuple[str, ...]:
+def _notes(
+    task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows, precision
+) -> tuple[str, ...]:
     depths = " and ".join(map(str, fitted.simulated_layers))
     notes = [
         "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
@@ -631,6 +664,16 @@ def _notes(task, setting, device, fitted, fit_error, num_gpus, shard, limit, new
         )
         if task != "infer":
             notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
+    if task == "full":
+        notes.append(
+            f"{setting.name} mixed precision: fp32 master weights, grads and AdamW states, the forward under "
+            f"torch.autocast to {setting.dtype} (what Trainer(bf16=True) and accelerate's mixed_precision run), traced "
+            "with the CPU's autocast op lists, which keep fewer ops in fp32 than CUDA's (e.g. softmax, layer_norm: "
+            "small next to the weights). --precision pure holds everything in the setting's dtype."
+            if precision == "mixed"
+            else f"pure {setting.name}: weights, grads and AdamW states all in {setting.dtype} (--precision mixed: "
+            "fp32 master weights under autocast, what most full fine-tunes run)."
+        )
     if setting.quantized:
         kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
         if setting.quant == "int8":

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from memprof.catalog import gpus, gpus_with
 from memprof.cli import main
-from memprof.errors import GpuFileError, PlanOptionError
+from memprof.errors import GpuFileError, MemprofError, PlanOptionError
 from memprof.inventory import inventory_for
 from memprof.models import resolve_model
 from memprof.plan import _fit_note, plan
@@ -41,12 +41,13 @@ def lora_report(tiny_model_dir, tmp_path_factory):
         return plan(str(tiny_model_dir("llama")), task="lora", batch=2, seq=16)
 
 
-def test_full_fine_tune_weights_are_predict_true_bytes(model_dir):
-    report = plan(model_dir, task="full", batch=2, seq=16, gpus=("H100",))
+@pytest.mark.parametrize(("precision", "held"), [("pure", "bf16"), ("mixed", "fp32")])
+def test_full_fine_tune_weights_are_predict_true_bytes(model_dir, precision, held):
+    report = plan(model_dir, task="full", batch=2, seq=16, gpus=("H100",), precision=precision)
     inv = inventory_for(resolve_model(model_dir))
-    exact = predict_setting(inv, SETTINGS["bf16"]).true_bytes
+    exact = predict_setting(inv, SETTINGS[held]).true_bytes  # mixed precision holds fp32 master weights
     assert report.breakdown.weights_bytes + report.breakdown.trainable_params_bytes == exact
-    # AdamW: exp_avg and exp_avg_sq in the params' dtype (bf16), plus a float32 step counter per parameter
+    # AdamW: exp_avg and exp_avg_sq in the params' dtype, plus a float32 step counter per parameter
     states = 2 * report.breakdown.trainable_params_bytes + 4 * len(inv.params)
     assert report.breakdown.optimizer_states_bytes == states
 
@@ -459,3 +460,24 @@ def test_num_gpus_auto_is_the_fewest_cards_whose_shards_fit_by_the_same_division
     except SystemExit as exc:
         code = exc.code
     assert code == 2 and "auto" in capsys.readouterr().err
+
+
+def test_mixed_precision_plan_equals_the_measured_profile_peak_on_cpu(model_dir, tmp_path):
+    """--precision mixed is one step (memprof.step): fp32 masters, forward under bf16 autocast. plan's
+    predicted train peak equals profile's measured live-tensor peak byte for byte, and it is the
+    default of a bf16 full fine-tune, named in the title."""
+    from memprof.profile import profile
+    from memprof.report.profile import render_profile_md
+
+    predicted = plan(model_dir, task="full", setting="bf16", batch=2, seq=16, device="cpu")
+    pure = plan(model_dir, task="full", setting="bf16", batch=2, seq=16, device="cpu", precision="pure")
+    assert predicted.precision == "mixed" and "mixed bf16" in _title(predicted) and "pure bf16" in _title(pure)
+    assert predicted.breakdown.total_bytes > 1.5 * pure.breakdown.total_bytes  # fp32 masters, grads, states
+    measured = profile(model_dir, settings="bf16", train="full", batch=2, seq=16, repeats=1, warmup=0, threads=1)
+    train = measured.settings[0].train
+    assert measured.settings[0].error is None and train.precision == "mixed"
+    assert train.peak_bytes == predicted.breakdown.total_bytes
+    assert "mixed precision" in render_profile_md(measured)
+    assert plan(model_dir, task="full", setting="fp32", batch=2, seq=16, device="cpu").precision == "pure"
+    with pytest.raises(MemprofError, match="full fine-tunes"):
+        plan(model_dir, task="lora", batch=2, seq=16, precision="mixed")

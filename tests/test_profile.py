@@ -68,7 +68,9 @@ def lora_reports(model_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_report(model_dirs):
-    return profile(str(model_dirs["llama"]), settings="fp32,bf16", train="full", grad_checkpointing=True, **TINY)
+    return profile(
+        str(model_dirs["llama"]), settings="fp32,bf16", train="full", grad_checkpointing=True, precision="pure", **TINY
+    )
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from memprof.commands._common import (
     add_lora_step_args,
     add_model_args,
     add_output_args,
+    add_precision_arg,
     emit,
     output_format,
 )
@@ -56,6 +57,7 @@ class PlanCommand:
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
         add_grad_checkpointing_arg(parser)
+        add_precision_arg(parser)
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
         parser.add_argument(
@@ -93,6 +95,7 @@ class PlanCommand:
                 lora_alpha=args.lora_alpha,
                 target=args.target,
                 grad_checkpointing=args.grad_checkpointing,
+                precision=args.precision,
                 gpus=args.gpus,
                 gpu_file=args.gpu_file,
                 num_gpus=args.num_gpus,
@@ -101,6 +104,7 @@ class PlanCommand:
                 allow_download=args.allow_download,
                 trust_remote_code=args.trust_remote_code,
                 use_cache=not args.no_cache,
+                on_progress=status.update if err.is_terminal else None,
             )
         table = lambda r: plan_renderables(r, verbose=args.verbose)  # noqa: E731
         emit(report, args, console, table=table, md=render_plan_md, html=render_plan_html)

@@ -58,7 +58,8 @@ def _title(r: PlanReport) -> str:
     if r.lora_r is not None:
         what += f" r={r.lora_r}"
     batch = f"batch {r.batch} × seq {r.seq:,}" + (f" +{r.new_tokens:,} new" if r.new_tokens else "")
-    parts = [r.model, what, r.setting, batch]
+    setting = f"{r.precision} {r.setting}" if r.task == "full" else r.setting  # e.g. "mixed bf16"
+    parts = [r.model, what, setting, batch]
     if r.optimizer and r.optimizer != "adamw":  # AdamW, the default, is named in the details
         parts.append(r.optimizer)
     if r.task != "infer":
