@@ -597,20 +597,17 @@ def _short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
         ]
     else:
         notes = [
-            "needs: the step's exact simulated peak + a CUDA context per card (not measured yet). tight: fits with "
-            f"less free than the margin, max({TIGHT_MARGIN_FRACTION:.0%} of the card, "
-            f"{TIGHT_MARGIN_MIN_BYTES / 2**30:g} GiB), an estimate of allocator fragmentation and workspaces.",
-            "★: the lowest $/h among cards that fit (tie: more headroom). max batch/seq leave the margin free. "
-            "step ms and $/M tok are roofline estimates, lower bounds: real steps are slower.",
+            "needs: the exact simulated peak + a CUDA context per card (not yet measured). tight: less free than "
+            f"max({TIGHT_MARGIN_FRACTION:.0%} of the card, {TIGHT_MARGIN_MIN_BYTES / 2**30:g} GiB), an estimated "
+            "margin for fragmentation and workspaces.",
+            "★: the lowest $/h that fits (tie: more headroom). max batch/seq leave the margin free. step ms and "
+            "$/M tok: roofline estimates, lower bounds.",
         ]
     if any(r.verdict == "offload" for r in rows):
         notes.append("offload: fits only with the shortfall of weights and optimizer states offloaded to the CPU.")
     if num_gpus == "auto":
-        counts = ", ".join(map(str, AUTO_GPU_COUNTS[:4])) + f", then multiples of 8 up to {AUTO_GPU_COUNTS[-1]}"
-        notes.append(
-            f"GPUs: the fewest of {counts} whose shards fit with the margin. {_shard_what(shard)}; "
-            "$/h is for all the cards."
-        )
+        counts = ", ".join(map(str, AUTO_GPU_COUNTS[:5])) + f", ... {AUTO_GPU_COUNTS[-1]}"
+        notes.append(f"GPUs: the fewest of {counts} that fit with the margin. {_shard_what(shard)}; $/h for all.")
     elif num_gpus > 1:
         notes.append(f"{_shard_what(shard)}; cost is for all the cards.")
     large = [r.name for r in rows if r.memory_bytes > 0 and fit_error > FIT_ERROR_NOTE_FRACTION * r.memory_bytes]
@@ -621,10 +618,10 @@ def _short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
 
 def _shard_what(shard: str) -> str:
     return {
-        "ddp": "ddp: nothing is divided (every GPU holds everything)",
-        "zero2": "zero2: grads and optimizer states are divided across the GPUs",
-        "zero3": "zero3: weights, trainable params, grads and optimizer states are divided; two layers gathered",
-        "fsdp": "fsdp: weights, trainable params, grads and optimizer states are divided; two layers gathered",
+        "ddp": "ddp divides nothing (every GPU holds everything)",
+        "zero2": "zero2 divides grads and optimizer states",
+        "zero3": "zero3 divides weights, trainable params, grads and optimizer states, gathering two layers",
+        "fsdp": "fsdp divides weights, trainable params, grads and optimizer states, gathering two layers",
     }[shard]
 
 

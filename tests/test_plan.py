@@ -423,8 +423,8 @@ def test_first_screen_is_the_answer_short_notes_and_details_behind_verbose(lora_
 
 def test_without_colour_each_kind_in_the_bar_has_its_own_character(lora_report):
     text = _render(lora_report)
-    legend = next(line for line in text.splitlines() if "weights" in line and "GiB" in line)
-    marks = re.findall(r"(\S) [a-zA-Z-]+ [\d.]+ GiB", legend)
+    legend = next(line for line in text.splitlines() if line.startswith("GiB:"))
+    marks = re.findall(r"(\S) [a-zA-Z -]+ [\d.]+", legend)
     assert len(marks) >= 3 and len(set(marks)) == len(marks)
 
 
@@ -481,3 +481,12 @@ def test_mixed_precision_plan_equals_the_measured_profile_peak_on_cpu(model_dir,
     assert plan(model_dir, task="full", setting="fp32", batch=2, seq=16, device="cpu").precision == "pure"
     with pytest.raises(MemprofError, match="full fine-tunes"):
         plan(model_dir, task="lora", batch=2, seq=16, precision="mixed")
+
+
+def test_progress_says_what_is_simulated_and_nothing_from_the_cache(model_dir):
+    said: list[str] = []
+    plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",), on_progress=said.append)
+    assert any("simulating the step at 2 layers, batch 2 × seq 16" in m for m in said)
+    again: list[str] = []
+    plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",), on_progress=again.append)
+    assert again == []  # answered by the cache

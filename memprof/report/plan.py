@@ -141,12 +141,14 @@ def _bar(bd: Breakdown, *, plain: bool = False) -> Text:
 
 
 def _legend(bd: Breakdown, *, plain: bool = False) -> Text:
-    text = Text()
+    """One entry per kind that holds bytes, in GiB (said once, so that the legend fits a line)."""
+    text = Text("GiB:")
     for name, label, colour, char in BAR_PARTS:
         value = getattr(bd, name)
         if value:
-            text.append(f"{char if plain else '■'} ", style=colour)
-            text.append(f"{label} {gib(value)}  ")
+            text.append(" " if len(text) == 4 else "  ")
+            text.append(char if plain else "■", style=colour)
+            text.append(f" {label} {value / 2**30:.2f}")
     return text
 
 
@@ -193,7 +195,7 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
 
 def _at(r: PlanReport) -> str:
     """With --num-gpus auto, which count the breakdown is at (the starred card's)."""
-    return f" at {r.num_gpus} GPUs (the ★ card's)" if r.num_gpus_auto else ""
+    return f" at {r.num_gpus} GPU{'s' if r.num_gpus > 1 else ''} (the ★ card's)" if r.num_gpus_auto else ""
 
 
 def _answer(r: PlanReport) -> str:
