@@ -423,7 +423,8 @@ def test_first_screen_is_the_answer_short_notes_and_details_behind_verbose(lora_
 
 def test_without_colour_each_kind_in_the_bar_has_its_own_character(lora_report):
     text = _render(lora_report)
-    legend = next(line for line in text.splitlines() if line.startswith("GiB:"))
+    lines = text.splitlines()
+    legend = lines[next(i for i, line in enumerate(lines) if line.startswith("Memory at the peak")) + 2]
     marks = re.findall(r"(\S) [a-zA-Z -]+ [\d.]+", legend)
     assert len(marks) >= 3 and len(set(marks)) == len(marks)
 

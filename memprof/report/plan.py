@@ -141,12 +141,13 @@ def _bar(bd: Breakdown, *, plain: bool = False) -> Text:
 
 
 def _legend(bd: Breakdown, *, plain: bool = False) -> Text:
-    """One entry per kind that holds bytes, in GiB (said once, so that the legend fits a line)."""
-    text = Text("GiB:")
+    """One entry per kind that holds bytes, in GiB (said in the heading, so that the legend fits a line)."""
+    text = Text()
     for name, label, colour, char in BAR_PARTS:
         value = getattr(bd, name)
         if value:
-            text.append(" " if len(text) == 4 else "  ")
+            if text:
+                text.append(" ")  # one space between entries: the marks set them apart
             text.append(char if plain else "■", style=colour)
             text.append(f" {label} {value / 2**30:.2f}")
     return text
@@ -175,7 +176,8 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
         table,
         Text(""),
         Text(
-            f"Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context", style="bold"
+            f"Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context; in GiB:",
+            style="bold",
         ),
         _Bar(bd),
         Text(_answer(r), style="bold"),
