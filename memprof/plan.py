@@ -7,6 +7,12 @@ card's CUDA context (gpus.json, labelled with whether it was measured). Sweeps o
 sequence length evaluate the fitted polynomial (simulate.StepFit), so they are arithmetic. Step time is a roofline estimate and prices
 are indicative: both are labelled as estimates wherever they are shown.
 
+Verdicts: "fits" leaves at least the margin free (margin_bytes: an estimate of fragmentation and
+workspaces, which are not simulated), "tight" fits with less, "offload" fits only with CPU offload,
+"no". The sweeps leave the margin free. The star is the lowest price per hour among the cards that
+fit (the price is known; the roofline cost per token is a lower bound). --num-gpus auto gives each
+card the fewest of AUTO_GPU_COUNTS that fit, dividing as below.
+
 Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
 - none (N=1) or ddp (N>1 without --shard): nothing is divided.
 - zero2 (DeepSpeed ZeRO stage 2): grads and optimizer states are divided by N.
@@ -42,12 +48,39 @@ from memprof.simulate import (
     simulate_model,
     sliding_window,
 )
-from memprof.step import DEFAULT_LORA_R, default_alpha
+from memprof.step import (
+    DEFAULT_LORA_R,
+    check_precision,
+    default_alpha,
+    resolve_grad_checkpointing,
+    weights_dtype,
+)
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
+# What --num-gpus auto tries, smallest first: cloud instances hold 1, 2, 4 or 8 cards, and beyond
+# one node jobs take whole nodes of 8.
+AUTO_GPU_COUNTS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
 MAX_SWEEP_BATCH = 1 << 20
 MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
 FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
+# The margin a fit must leave free, or it is called "tight": an ESTIMATE, not measured by memprof yet.
+# It stands for what the simulation does not count: the CUDA caching allocator's fragmentation and
+# block rounding (it rounds requests up to 512 B and carves large ones from 2 MiB-aligned segments
+# it keeps cached, so torch.cuda.max_memory_reserved() exceeds max_memory_allocated() at a training
+# step's peak, typically by several percent) and kernel workspaces (cuBLAS keeps a workspace per
+# handle and stream, 4-32 MiB; flash-attention and NCCL buffers). 5% of the card, at least 1 GiB
+# (on a 24 GB card 5% is 1.2 GiB). To be replaced by reserved - allocated measured on a GPU
+# (`memprof validate --device cuda` reports it as fragmentation).
+TIGHT_MARGIN_FRACTION = 0.05
+TIGHT_MARGIN_MIN_BYTES = 1 << 30
+
+
+def margin_bytes(memory_bytes: int, device: str = "cuda") -> int:
+    """The free memory a fit must leave on a card of `memory_bytes` not to be "tight" (an estimate,
+    see TIGHT_MARGIN_FRACTION); none on the CPU, which has no caching allocator."""
+    if device == "cpu":
+        return 0
+    return max(int(memory_bytes * TIGHT_MARGIN_FRACTION), TIGHT_MARGIN_MIN_BYTES)
 
 
 @dataclass(frozen=True)
@@ -74,15 +107,20 @@ class GpuPlan:
     name: str
     memory_bytes: int
     context_bytes: int
+    num_gpus: int  # cards per job on this row (--num-gpus, or with auto the fewest that fit)
     context_measured: bool
     context_given: bool  # the context figure came from the user's --gpu-file
     required_bytes: int  # breakdown total + context
-    fits: bool  # the step fits in memory_bytes without offload
-    verdict: str  # "fits", "offload" (fits with CPU offload of offload_bytes) or "no"
+    fits: bool  # the step fits in memory_bytes without offload (verdict "fits" or "tight")
+    # "fits" (headroom of at least margin_bytes), "tight" (fits, with less headroom than the margin),
+    # "offload" (fits with CPU offload of offload_bytes) or "no"
+    verdict: str
     offload_bytes: int
     headroom_bytes: int  # memory_bytes - required_bytes (negative: short by)
-    max_batch: int  # at the given seq (0: not even batch 1); from the fitted polynomial
-    max_seq: int  # at the given batch (0: not even 1 token; capped at the model's max positions); fitted
+    margin_bytes: int  # the headroom below which a fit is tight (an estimate: margin_bytes())
+    max_batch: int  # at the given seq, leaving the margin free (0: not even batch 1); from the fitted polynomial
+    # at the given batch, leaving the margin free (0: not even 1 token; capped at the model's max positions); fitted
+    max_seq: int
     max_seq_capped: bool
     step_s: float | None  # roofline estimate
     step_bound: str  # "compute" or "memory"
@@ -104,12 +142,13 @@ class PlanReport:
     lora_r: int | None
     lora_alpha: float | None
     grad_checkpointing: bool
-    num_gpus: int
+    precision: str  # memprof.step.PRECISIONS: "mixed" = fp32 master weights, forward under 16-bit autocast
+    num_gpus: int  # with num_gpus_auto: the starred card's count (the breakdown's), else as given
     shard: str
     device: str  # "cuda" (plan for the GPU table) or "cpu" (this machine)
     layers: int
     simulated_layers: tuple[int, ...]
-    breakdown: Breakdown  # per GPU, after sharding
+    breakdown: Breakdown  # per GPU, after sharding over num_gpus
     unsharded_total_bytes: int
     flops_per_step: int  # per GPU, counted exactly (FlopCounterMode on the simulated step)
     tokens_per_step: int  # all GPUs
@@ -118,16 +157,18 @@ class PlanReport:
     from_cache: bool
     gpus: tuple[GpuPlan, ...]
     cheapest: str | None
-    notes: tuple[str, ...] = ()
+    num_gpus_auto: bool = False  # --num-gpus auto: every row has the fewest cards that fit (AUTO_GPU_COUNTS)
+    notes: tuple[str, ...] = ()  # the assumptions behind the answer, short: shown under the table
+    details: tuple[str, ...] = ()  # how every number is made: `plan --verbose`, Markdown, HTML, JSON
 
 
-def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, shard: str, optimizer: str) -> None:
+def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: str, optimizer: str) -> None:
     if task not in TASKS:
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
-    if num_gpus < 1:
-        raise PlanOptionError(f"--num-gpus must be at least 1 (got {num_gpus})")
+    if num_gpus != "auto" and num_gpus < 1:
+        raise PlanOptionError(f"--num-gpus must be at least 1 or auto (got {num_gpus})")
     if shard not in SHARDS:
         raise PlanOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARDS)}")
     if optimizer not in OPTIMIZERS:
@@ -306,27 +347,47 @@ def plan(
     lora_r: int = DEFAULT_LORA_R,
     lora_alpha: float | None = None,
     target: str | tuple[str, ...] | None = None,
-    grad_checkpointing: bool = False,
+    grad_checkpointing: bool | None = None,
+    precision: str | None = None,
     gpus: tuple[str, ...] | None = None,
     gpu_file=None,
-    num_gpus: int = 1,
+    num_gpus: int | str = 1,
     shard: str = "none",
     device: str = "cuda",
     allow_download: bool = False,
     trust_remote_code: bool = False,
     use_cache: bool = True,
+    on_progress=None,
 ) -> PlanReport:
     """Plan MODEL's step (task infer / lora / qlora / full) on every GPU of the table (or `gpus`).
 
-    `setting` defaults to bf16 (nf4-dq for qlora). `device="cpu"` plans for this machine's memory
+    `setting` defaults to bf16 (nf4-dq for qlora). `grad_checkpointing` None takes the task's default
+    (memprof.step.default_grad_checkpointing: on for qlora, off otherwise); `precision` None the task's
+    (memprof.step.default_precision: mixed for a 16-bit full fine-tune, pure otherwise). `device="cpu"` plans for this machine's memory
     instead, with the CPU's defaults (AdamW for-loop), to be checked against `memprof profile --device cpu`.
+    `num_gpus="auto"` (with shard zero2/zero3/fsdp): each card's fewest that fit. `on_progress(message)`
+    is told what is being simulated.
     """
     if task not in TASKS:
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     chosen_setting = get_setting(setting or ("nf4-dq" if task == "qlora" else "bf16"))
-    if shard == "none" and num_gpus > 1:
+    auto = num_gpus == "auto"
+    if auto and shard not in ("zero2", "zero3", "fsdp"):
+        raise PlanOptionError(
+            f"--num-gpus auto finds the fewest GPUs whose shards fit: give --shard zero2, zero3 or fsdp "
+            f"({'ddp' if shard == 'ddp' else 'without --shard, every GPU'} holds everything, so more GPUs never help)"
+        )
+    if not auto and not (isinstance(num_gpus, int) and not isinstance(num_gpus, bool)):
+        raise PlanOptionError(f"--num-gpus takes a number of GPUs or auto, not {num_gpus!r}")
+    if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
     _check(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
+    if device == "cpu" and (auto or num_gpus > 1):
+        raise PlanOptionError("--device cpu plans for this one machine: --num-gpus does not apply")
+    grad_checkpointing = resolve_grad_checkpointing(grad_checkpointing, task, quantized=chosen_setting.quantized)
+    precision = check_precision(precision, task, chosen_setting)
+    # the bytes the weights are held in: fp32 masters under mixed precision
+    weights_setting = replace(chosen_setting, dtype=weights_dtype(chosen_setting.dtype, precision))
     if new_tokens < 0:
         raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
     table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))
@@ -351,22 +412,30 @@ def plan(
         grad_checkpointing=grad_checkpointing,
         new_tokens=new_tokens if task == "infer" else 0,
         device="cpu" if device == "cpu" else "cuda",
+        precision=precision,
     )
     fitted = simulate_model(
-        resolved.config, spec, batch=batch, seq=seq, trust_remote_code=trust_remote_code, use_cache=use_cache
+        resolved.config,
+        spec,
+        batch=batch,
+        seq=seq,
+        trust_remote_code=trust_remote_code,
+        use_cache=use_cache,
+        on_progress=on_progress,
     )
     ctx = _Context(
         task=task,
         setting=chosen_setting,
         dequant_bytes=_dequant_bytes(inventory, chosen_setting),
         int8_out_features=_int8_out_features(inventory, chosen_setting, task, device),
-        layer_bytes=_layer_weight_bytes(inventory, chosen_setting),
-        num_gpus=num_gpus,
+        layer_bytes=_layer_weight_bytes(inventory, weights_setting),
+        num_gpus=1 if auto else num_gpus,
         shard=shard,
     )
-    breakdown = _peak(fitted.direct, ctx)
+    # the one division (_phase_breakdown), at each count of GPUs a row may need
+    contexts = {n: replace(ctx, num_gpus=n) for n in (AUTO_GPU_COUNTS if auto else (num_gpus,))}
+    breakdowns = {n: _peak(fitted.direct, c) for n, c in contexts.items()}
     unsharded = _peak(fitted.direct, replace(ctx, num_gpus=1, shard="none")).total_bytes
-    tokens = batch * (seq + spec.new_tokens) * num_gpus
     # the longest prompt the sweep may reach: the model's positions less the tokens generated after it
     seq_cap = MAX_SWEEP_SEQ if limit is None else limit - spec.new_tokens
     # the prompt lengths one fit holds for (a sliding window splits them in two): the fit of another
@@ -383,53 +452,72 @@ def plan(
                 seq=seq_range[0],
                 trust_remote_code=trust_remote_code,
                 use_cache=use_cache,
+                on_progress=on_progress,
             )
         return fits[seq_range]
 
-    def total_at(b: int, s: int, model_fit=fitted) -> int:
+    def total_at(b: int, s: int, n: int, model_fit=fitted) -> int:
         if (b, s) == (batch, seq):
-            return breakdown.total_bytes
-        return _peak(model_fit.at(b, s), ctx).total_bytes
+            return breakdowns[n].total_bytes
+        return _peak(model_fit.at(b, s), contexts[n]).total_bytes
 
-    def max_seq_under(cap: int) -> int:
+    def max_seq_under(cap: int, n: int) -> int:
         best = 0
         for lo, hi in ranges:
             model_fit = fit_for((lo, hi))
-            best = _max_int(lambda s, mf=model_fit: total_at(batch, s, mf) <= cap, hi, lo)
+            best = _max_int(lambda s, mf=model_fit: total_at(batch, s, n, mf) <= cap, hi, lo)
             if best < hi:
                 break
         return best
 
+    def gpus_for(gpu: catalog.Gpu) -> int:
+        """The count of this card per job: as given, or with auto the fewest that fit with the margin
+        (else the fewest that fit at all, else the most tried)."""
+        if not auto:
+            return num_gpus
+        free = {n: gpu.memory_bytes - gpu.context_bytes - bd.total_bytes for n, bd in breakdowns.items()}
+        margin = margin_bytes(gpu.memory_bytes, device)
+        return next(
+            (n for n in AUTO_GPU_COUNTS if free[n] >= margin),
+            next((n for n in AUTO_GPU_COUNTS if free[n] >= 0), AUTO_GPU_COUNTS[-1]),
+        )
+
     rows = []
     for gpu in table:
+        n = gpus_for(gpu)
+        breakdown, tokens = breakdowns[n], batch * (seq + spec.new_tokens) * n
         required = breakdown.total_bytes + gpu.context_bytes
         headroom = gpu.memory_bytes - required
-        verdict, offload = "fits", 0
+        margin = margin_bytes(gpu.memory_bytes, device)
+        verdict, offload = ("fits" if headroom >= margin else "tight"), 0
         if headroom < 0:
             # accelerate / DeepSpeed offload frozen weights and optimizer states; one layer stays resident
             offloadable = breakdown.weights_bytes + breakdown.optimizer_states_bytes - ctx.layer_bytes
             verdict = "offload" if -headroom <= offloadable and device != "cpu" else "no"
             offload = -headroom if verdict == "offload" else 0
-        budget = gpu.memory_bytes - gpu.context_bytes
-        max_batch = _max_int(lambda b, cap=budget: total_at(b, seq) <= cap, MAX_SWEEP_BATCH)
-        max_seq = max_seq_under(budget)
+        # the sweeps leave the margin free: their answer is what fits without being tight
+        budget = gpu.memory_bytes - gpu.context_bytes - margin
+        max_batch = _max_int(lambda b, cap=budget, n=n: total_at(b, seq, n) <= cap, MAX_SWEEP_BATCH)
+        max_seq = max_seq_under(budget, n)
         step_s = bound = usd_h = usd_m = None
         if gpu.bf16_dense_tflops > 0:
             step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
-            usd_h = gpu.usd_per_hour * num_gpus
+            usd_h = gpu.usd_per_hour * n
             usd_m = usd_h / 3600 * step_s / tokens * 1e6
         rows.append(
             GpuPlan(
                 name=gpu.name,
                 memory_bytes=gpu.memory_bytes,
                 context_bytes=gpu.context_bytes,
+                num_gpus=n,
                 context_measured=gpu.context_measured,
                 context_given=gpu.context_given,
                 required_bytes=required,
-                fits=verdict == "fits",
+                fits=verdict in ("fits", "tight"),
                 verdict=verdict,
                 offload_bytes=offload,
                 headroom_bytes=headroom,
+                margin_bytes=margin,
                 max_batch=max_batch,
                 max_seq=max_seq,
                 max_seq_capped=max_seq == seq_cap,
@@ -440,10 +528,10 @@ def plan(
             )
         )
     fit_error = max(f.fit_error_bytes for f in fits.values())
-    fitting = [r for r in rows if r.fits and r.usd_per_million_tokens is not None]
-    # on the exact float; an exact tie goes to the first card of the table (min keeps the first)
-    cheapest = min(fitting, key=lambda r: r.usd_per_million_tokens).name if fitting else None
+    cheapest = _cheapest(rows)
     rows = [replace(r, cheapest=r.name == cheapest) for r in rows]
+    # the report's breakdown: at the starred card's count (with auto, each row has its own)
+    shown = next((r.num_gpus for r in rows if r.cheapest), rows[0].num_gpus if rows else 1)
     return PlanReport(
         model=resolved.name,
         architecture=inventory.architecture,
@@ -456,40 +544,105 @@ def plan(
         lora_r=lora_r if sim_task == "lora" else None,
         lora_alpha=lora_alpha if sim_task == "lora" else None,
         grad_checkpointing=grad_checkpointing,
-        num_gpus=num_gpus,
+        precision=precision,
+        num_gpus=shown,
         shard=shard,
         device=device,
         layers=fitted.layers,
         simulated_layers=fitted.simulated_layers,
-        breakdown=breakdown,
+        breakdown=breakdowns[shown],
         unsharded_total_bytes=unsharded,
         flops_per_step=fitted.direct.flops,
-        tokens_per_step=tokens,
+        tokens_per_step=batch * (seq + spec.new_tokens) * shown,
         fit_error_bytes=fit_error,
         max_positions=limit,
         from_cache=fitted.from_cache,
         gpus=tuple(rows),
         cheapest=cheapest,
-        notes=_notes(
-            task, chosen_setting, device, fitted, fit_error, num_gpus, shard, limit, spec.new_tokens, rows, optimizer
+        num_gpus_auto=auto,
+        notes=_short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows),
+        details=_notes(
+            task,
+            chosen_setting,
+            device,
+            fitted,
+            fit_error,
+            "auto" if auto else num_gpus,
+            shard,
+            limit,
+            spec.new_tokens,
+            rows,
+            precision,
+            optimizer,
         )
         + _window_note(resolved.config, ranges),
     )
 
 
+def _cheapest(rows) -> str | None:
+    """The card to star: the lowest price per hour (what is known; cost per token rests on the
+    roofline estimate, a lower bound real steps miss by several times) among the cards that fit with
+    the margin, or, if none does, among the tight ones; a tie goes to more headroom, then to the
+    first card of the table (min keeps the first)."""
+    for verdict in ("fits", "tight"):
+        priced = [r for r in rows if r.verdict == verdict and r.usd_per_hour is not None]
+        if priced:
+            return min(priced, key=lambda r: (r.usd_per_hour, -r.headroom_bytes)).name
+    return None
+
+
+def _short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
+    """The assumptions a reader needs to act on the table, a line or two each."""
+    if device == "cpu":
+        notes = [
+            "needs: the exact live-tensor peak of the step, simulated on fake tensors, against this machine's RAM."
+        ]
+    else:
+        notes = [
+            "needs: the exact simulated peak + a CUDA context per card (not yet measured). tight: less free than "
+            f"max({TIGHT_MARGIN_FRACTION:.0%} of the card, {TIGHT_MARGIN_MIN_BYTES / 2**30:g} GiB), an estimated "
+            "margin for fragmentation and workspaces.",
+            "★: the lowest $/h that fits (tie: more headroom). max batch/seq leave the margin free. step ms and "
+            "$/M tok: roofline estimates, lower bounds.",
+        ]
+    if any(r.verdict == "offload" for r in rows):
+        notes.append("offload: fits only with the shortfall of weights and optimizer states offloaded to the CPU.")
+    if num_gpus == "auto":
+        counts = ", ".join(map(str, AUTO_GPU_COUNTS[:5])) + f", ... {AUTO_GPU_COUNTS[-1]}"
+        notes.append(f"GPUs: the fewest of {counts} that fit with the margin. {_shard_what(shard)}; $/h for all.")
+    elif num_gpus > 1:
+        notes.append(f"{_shard_what(shard)}; cost is for all the cards.")
+    large = [r.name for r in rows if r.memory_bytes > 0 and fit_error > FIT_ERROR_NOTE_FRACTION * r.memory_bytes]
+    if large:
+        notes.append(f"max batch/seq are approximate for {', '.join(large)} (fit error {fit_error:,} bytes).")
+    return tuple(notes)
+
+
+def _shard_what(shard: str) -> str:
+    return {
+        "ddp": "ddp divides nothing (every GPU holds everything)",
+        "zero2": "zero2 divides grads and optimizer states",
+        "zero3": "zero3 divides weights, trainable params, grads and optimizer states, gathering two layers",
+        "fsdp": "fsdp divides weights, trainable params, grads and optimizer states, gathering two layers",
+    }[shard]
+
+
 def _notes(
-    task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows, optimizer="adamw"
+    task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows, precision, optimizer="adamw"
 ) -> tuple[str, ...]:
+    depths = " and ".join(map(str, fitted.simulated_layers))
     notes = [
         "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
-        f"(at {'/'.join(map(str, fitted.simulated_layers))} layers, extrapolated exactly to {fitted.layers}), "
-        "at the given batch and seq.",
+        f"(at {depths} layers, extrapolated exactly to {fitted.layers}), at the given batch and seq.",
         _fit_note(fit_error, rows),
         FLOPS_COUNTED_NOTE,
         "Not in the simulation: CUDA caching-allocator fragmentation and rounding, kernel workspaces (cuBLAS, "
         "flash-attention), CUDA-only kernel choices (SDPA flash/mem-efficient backends are traced as the CPU kernel). "
-        "No margin is added for them yet: it is to be measured on a GPU as torch.cuda.max_memory_reserved() minus "
-        "the simulated peak (memprof profile --device cuda).",
+        f"A fit with less headroom than max({TIGHT_MARGIN_FRACTION:.0%} of the card's memory, "
+        f"{TIGHT_MARGIN_MIN_BYTES / 2**30:g} GiB) is called tight, and max batch / max seq leave that margin free: "
+        "the margin is an ESTIMATE (reserved minus allocated is typically several percent of a training step's "
+        "peak), to be measured on a GPU as torch.cuda.max_memory_reserved() minus the allocated peak "
+        "(memprof validate --device cuda).",
     ]
     if any(r.verdict == "offload" for r in rows):
         notes.append(
@@ -503,14 +656,26 @@ def _notes(
             "bound, real steps are slower; FLOPs are counted exactly on the simulated step. " + _bound_note(rows)
         )
         notes.append(
-            "Prices are indicative on-demand USD/hour (override with --gpu-file), so cost per million tokens is an "
-            "estimate too; ★ marks the cheapest card that fits, compared on unrounded costs (a tie goes to the "
-            "first card in table order)."
+            "Prices are indicative on-demand USD/hour (override with --gpu-file). ★ marks the card with the lowest "
+            "price per hour among those that fit with the margin (among the tight ones if none does), a tie going to "
+            "more headroom, then to the first card in table order: the price is known, while cost per million tokens "
+            "rests on the roofline step time, a lower bound that real runs miss by several times, so $/M tok (est.) "
+            "is shown but does not pick the card."
         )
         if task != "infer" and optimizer == "adamw":
             notes.append("AdamW is simulated with foreach=True, torch's default on CUDA.")
     if task != "infer" and optimizer != "adamw":
         notes.append(_bitsandbytes_optimizer_note(optimizer, device))
+    if task == "full":
+        notes.append(
+            f"{setting.name} mixed precision: fp32 master weights, grads and AdamW states, the forward under "
+            f"torch.autocast to {setting.dtype} (what Trainer(bf16=True) and accelerate's mixed_precision run), traced "
+            "with the CPU's autocast op lists, which keep fewer ops in fp32 than CUDA's (e.g. softmax, layer_norm: "
+            "small next to the weights). --precision pure holds everything in the setting's dtype."
+            if precision == "mixed"
+            else f"pure {setting.name}: weights, grads and AdamW states all in {setting.dtype} (--precision mixed: "
+            "fp32 master weights under autocast, what most full fine-tunes run)."
+        )
     if setting.quantized:
         kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
         if setting.quant == "int8":
@@ -538,16 +703,11 @@ def _notes(
             f"{setting.name}: the real bitsandbytes layers run on fake tensors (bitsandbytes' own fake kernels), "
             f"through {path}; weights and quant state are the exact loaded bytes{kbit}.{transient}"
         )
-    if num_gpus > 1:
-        what = {
-            "ddp": "nothing is divided (every GPU holds everything)",
-            "zero2": "grads and optimizer states are divided",
-            "zero3": "weights, trainable params, grads and optimizer states are divided; two layers are gathered",
-            "fsdp": "weights, trainable params, grads and optimizer states are divided; two layers are gathered",
-        }[shard]
+    if num_gpus == "auto" or num_gpus > 1:
+        cards = "each row's GPUs" if num_gpus == "auto" else f"{num_gpus} GPUs"
         notes.append(
-            f"{num_gpus} GPUs, {shard}: {what}; activations, inputs and KV cache are per GPU. Cost is for all "
-            f"{num_gpus} cards; tokens per step count every GPU's batch."
+            f"{cards}, {_shard_what(shard)}; activations, inputs and KV cache are per GPU. Cost is for all "
+            "the cards; tokens per step count every GPU's batch. The bar shows the starred card's count."
         )
     if limit is None:
         notes.append(f"The model has no position limit (e.g. ALiBi); max seq is swept up to {MAX_SWEEP_SEQ:,}.")

@@ -26,7 +26,7 @@ from memprof.inventory import inventory_for
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
 from memprof.settings import CPU_REPACKING_NOTE, Setting, parse_settings
-from memprof.step import DEFAULT_LORA_R, default_alpha
+from memprof.step import DEFAULT_LORA_R, check_precision, default_alpha, resolve_grad_checkpointing
 
 TRAIN_MODES = ("lora", "full", "none")
 RESULT_KIND = "memprof.profile"
@@ -71,6 +71,7 @@ class TrainProfile:
     breakdown: dict[str, int]  # bytes by kind at the peak; sums to peak_bytes
     trainable_params: int
     grad_checkpointing: bool = False
+    precision: str = "pure"  # memprof.step.PRECISIONS; files from before it were pure
     min_ms: float | None = None
     peak_fraction: float | None = None  # of the GPU's catalog bf16 dense peak
     reserved_peak_bytes: int | None = None
@@ -125,7 +126,12 @@ class ProfileReport:
     lora_r: int | None = None
     lora_alpha: int | None = None
     target: tuple[str, ...] | str | None = None  # LoRA target_modules as resolved: names, "all-linear", None
-    grad_checkpointing: bool = False
+    # as asked: None is each setting's default (on for QLoRA settings); TrainProfile.grad_checkpointing
+    # holds what each setting's step ran with
+    grad_checkpointing: bool | None = False
+    # as asked: None is each setting's default (mixed for a 16-bit full fine-tune); TrainProfile.precision
+    # holds what each setting's step ran with
+    precision: str | None = "pure"
     max_gpu_memory_bytes: int | None = None
     interrupted: bool = False
     created: str = ""
@@ -577,7 +583,8 @@ def profile(
     lora_r: int = DEFAULT_LORA_R,
     lora_alpha: float | None = None,
     target: str | tuple[str, ...] | None = None,
-    grad_checkpointing: bool = False,
+    grad_checkpointing: bool | None = None,
+    precision: str | None = None,
     max_gpu_memory: int | str | None = None,
     threads: int | None = None,
     save_to: Path | None = None,
@@ -591,12 +598,15 @@ def profile(
 
     Per setting: load (time, footprint, true bytes, peak), a no-grad forward of `batch` x `seq`
     random tokens (median and IQR over `repeats` after `warmup`), a training step (`train`: "lora",
-    QLoRA on 4-bit settings; "full", fp32/bf16 only; or "none"), and, with `max_gpu_memory`, the
+    QLoRA on quantized settings; "full", fp32/bf16 only; or "none"), and, with `max_gpu_memory`, the
     offload plan under that budget (measured too on a GPU). `save_to` is rewritten after every
     setting (its directory must exist), so an interrupt leaves what was gathered; KeyboardInterrupt
     propagates after saving. `timeout_s` (> 0) kills a setting's process after that many seconds;
     the row then says "timed out after N s during <phase>". `on_progress(setting, phase)` is called
-    as work starts.
+    as work starts. `grad_checkpointing` None: each setting's default (memprof.step.default_grad_checkpointing:
+    on for QLoRA, off otherwise). `precision` (memprof.step.PRECISIONS) None: mixed for a full fine-tune
+    of a 16-bit setting, pure otherwise; mixed loads the weights in fp32 and runs the forward passes
+    under autocast to the setting's dtype.
     """
     from memprof.measure.load import check_device, weights_for
     from memprof.measure.profile_worker import run_profile_worker
@@ -614,6 +624,8 @@ def profile(
         timeout_s=timeout_s,
         save_to=save_to,
     )
+    step_task = {"full": "full", "lora": "lora", "none": "infer"}[train]
+    precisions = {s.name: check_precision(precision, step_task, s) for s in chosen}  # all refused before any run
     budget = parse_bytes(max_gpu_memory) if isinstance(max_gpu_memory, str) else max_gpu_memory
     check_device(device, chosen)
     say = on_progress or (lambda _setting, _phase: None)
@@ -646,6 +658,7 @@ def profile(
         lora_alpha=lora_alpha if train == "lora" else None,
         target=tuple(lora_target) if isinstance(lora_target, list) else lora_target,
         grad_checkpointing=grad_checkpointing,
+        precision=precision,
         max_gpu_memory_bytes=budget,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -676,7 +689,10 @@ def profile(
                     "lora_r": lora_r,
                     "lora_alpha": lora_alpha,
                     "target": lora_target,
-                    "grad_checkpointing": grad_checkpointing,
+                    "grad_checkpointing": resolve_grad_checkpointing(
+                        grad_checkpointing, train if train != "none" else "infer", quantized=setting.quantized
+                    ),
+                    "precision": precisions[setting.name],
                     "max_gpu_memory_bytes": budget if device == "cuda" else None,
                     "threads": threads,
                     "trust_remote_code": trust_remote_code,

@@ -63,10 +63,12 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
 from memprof.inventory import cache_dir, config_key, write_json_atomic
+from memprof.settings import get_setting
+from memprof.step import autocast as step_autocast
 from memprof.step import make_optimizer as step_optimizer
 from memprof.step import train_step
 
-SIM_FORMAT = 9  # 9: FLOPs count the CPU attention kernel
+SIM_FORMAT = 10  # 9: FLOPs count the CPU attention kernel; 10: loss lives through the optimizer, --precision
 TASKS = ("infer", "lora", "qlora", "full")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 # Categories of live bytes, the same names as the profiler's breakdown.
@@ -97,6 +99,9 @@ class StepSpec:
     target: tuple[str, ...] | str | None = None
     grad_checkpointing: bool = False
     new_tokens: int = 0
+    # memprof.step.PRECISIONS: "mixed" loads fp32 weights and runs the forward under autocast to the
+    # setting's dtype (CPU autocast's op lists: the simulated tensors are CPU tensors)
+    precision: str = "pure"
     # the device planned for, whose defaults the step takes: AdamW foreach on CUDA (a for-loop on
     # the CPU); LLM.int8() trains through MatMul8bitLt on CUDA and MatMul8bitFp on the CPU
     device: str = "cpu"
@@ -288,9 +293,11 @@ def build_step_model(config: dict, spec: StepSpec, mode, *, trust_remote_code: b
     """
     from memprof.inventory import build_meta_model
     from memprof.settings import get_setting
+    from memprof.step import weights_dtype
 
     setting = get_setting(spec.setting)
-    model = build_meta_model(config, dtype=setting.dtype, trust_remote_code=trust_remote_code)
+    dtype = weights_dtype(setting.dtype, spec.precision)
+    model = build_meta_model(config, dtype=dtype, trust_remote_code=trust_remote_code)
     if setting.quantized:
         _swap_in_bitsandbytes_layers(model, setting)
     model = prepare_step_model(model, spec)
@@ -685,8 +692,9 @@ class StepSimulator:
         with self.mode, _eager_mask_paths(), _bitsandbytes_paths(self.spec), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # transformers/peft deprecations are not the user's business
             if self.spec.task != "infer":
+                compute = get_setting(self.spec.setting).dtype
                 if not self._warmed_up:
-                    train_step(model, optimizer, ids)
+                    train_step(model, optimizer, ids, precision=self.spec.precision, compute_dtype=compute)
                     self._warmed_up = True
                 with counter, _moment_tracker() as tracker:
                     rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model, optimizer), "inputs": [ids]})
@@ -697,15 +705,18 @@ class StepSimulator:
                     held.clear()  # the grads are freed here, before the forward phase
                     hooks = rec.grad_hooks(p for p in model.parameters() if p.requires_grad)
                     with _Regions(model, rec, layers=self.layers, period=self.period) as regions:
-                        with rec.phase(regions.first("forward")):
+                        with (
+                            rec.phase(regions.first("forward")),
+                            step_autocast(self.spec.precision, compute, ids.device.type),
+                        ):
                             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                         with rec.phase(regions.first("backward")):
                             loss.backward()
-                            del loss
                     for hook in hooks:
                         hook.remove()
                     with rec.phase("optimizer"):
                         optimizer.step()
+                    del loss  # held through the update, as in step.train_step (a training loop logs it)
                 flops = counter.flops
             elif self.spec.new_tokens == 0:
                 # the profiler's forward: no_grad, no cache, logits for every position
@@ -1069,13 +1080,15 @@ def simulate_model(
     layers: int | None = None,
     trust_remote_code: bool = False,
     use_cache: bool = True,
+    on_progress=None,
 ) -> ModelFit:
     """Simulate MODEL's step at reduced depth, fit each depth's (batch, seq) polynomials, and
     extrapolate to `layers` (default: the config's); checks the fit against a direct simulation at a
     point it was not solved on. The requested (batch, seq) is simulated directly.
 
     Batch 1: when the batch >= 2 fit misses the direct simulation at (1, seq) by more than 1/10,000
-    of a phase's peak, batch 1 gets its own fit in seq (two more points).
+    of a phase's peak, batch 1 gets its own fit in seq (two more points). `on_progress(message)` is
+    told what is being simulated (nothing when the cache answers).
     """
     total_layers = layers if layers is not None else layer_count(config)
     period = layer_period(config)
@@ -1091,15 +1104,21 @@ def simulate_model(
     path = _cache_path(config, spec, "fit", extra)
     hit = path.is_file()
 
+    say = on_progress or (lambda _message: None)
+
     def compute() -> dict:
-        simulators = {d: StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code) for d in depths}
+        simulators = {}
+        for d in depths:
+            say(f"building the fake model at {d} layers")
+            simulators[d] = StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code)
         runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in depths}
 
         def run_all(wanted) -> None:
             for depth, simulator in simulators.items():
-                for point in wanted:
-                    if point not in runs[depth]:
-                        runs[depth][point] = simulator.run(*point)
+                todo = [p for p in dict.fromkeys(wanted) if p not in runs[depth]]
+                for i, point in enumerate(todo, 1):
+                    say(f"simulating the step at {depth} layers, batch {point[0]} × seq {point[1]:,} ({i}/{len(todo)})")
+                    runs[depth][point] = simulator.run(*point)
 
         run_all((requested, *points, check))
         if batch == 1 and any(_batch1_differs(runs[d], points) for d in depths):

@@ -7,12 +7,76 @@ Everything here imports torch/peft lazily, inside the functions.
 
 from __future__ import annotations
 
+import contextlib
+
 DEFAULT_LORA_R = 8
 GRAD_CHECKPOINTING_KWARGS = {"use_reentrant": False}
+# How a full fine-tune holds its numbers. pure: everything at the setting's dtype (bf16 weights,
+# grads and AdamW states, ~8 bytes per parameter). mixed: fp32 master weights (so fp32 grads and
+# AdamW states, ~16 bytes per parameter) with the forward under torch.autocast at the setting's
+# 16-bit dtype, what Trainer(bf16=True) and accelerate's mixed_precision="bf16" run.
+PRECISIONS = ("pure", "mixed")
 
 
 def default_alpha(r: int, alpha: float | None) -> float:
     return 2 * r if alpha is None else alpha
+
+
+def default_grad_checkpointing(task: str, *, quantized: bool = False) -> bool:
+    """Whether the step checkpoints by default: on for QLoRA (LoRA on a bitsandbytes-quantized
+    model), as the QLoRA recipe does through peft's `prepare_model_for_kbit_training`, whose
+    `use_gradient_checkpointing` defaults to True; off for inference, LoRA and full fine-tunes,
+    whose recipes (Trainer, accelerate) leave it off unless asked."""
+    return task == "qlora" or (task == "lora" and quantized)
+
+
+def resolve_grad_checkpointing(grad_checkpointing: bool | None, task: str, *, quantized: bool = False) -> bool:
+    """`grad_checkpointing` as given, or the task's default (`default_grad_checkpointing`) for None;
+    inference never checkpoints."""
+    if task == "infer":
+        return False
+    if grad_checkpointing is None:
+        return default_grad_checkpointing(task, quantized=quantized)
+    return bool(grad_checkpointing)
+
+
+def default_precision(task: str) -> str:
+    """mixed for full fine-tunes (how most are run: fp32 master weights, bf16 autocast), pure otherwise
+    (inference and LoRA run at the setting's dtype; a full fine-tune can still ask for pure)."""
+    return "mixed" if task == "full" else "pure"
+
+
+def check_precision(precision: str | None, task: str, setting) -> str:
+    """`precision` (None: the task's default) if the step can run it, else OptionError in words."""
+    from memprof.errors import OptionError
+
+    chosen = default_precision(task) if precision is None else precision
+    if chosen not in PRECISIONS:
+        raise OptionError(f"unknown --precision {chosen!r}; use one of {', '.join(PRECISIONS)}")
+    if chosen == "mixed" and precision is not None and task != "full":
+        raise OptionError(f"--precision mixed is for full fine-tunes (--task full / --train full), not {task}")
+    if chosen == "mixed" and (setting.quantized or setting.dtype not in ("bfloat16", "float16")):
+        if precision is None:  # the default for full, where the setting has no 16-bit compute: pure
+            return "pure"
+        raise OptionError(
+            f"--precision mixed computes in a 16-bit dtype over fp32 weights: use --setting bf16 or fp16, "
+            f"not {setting.name}"
+        )
+    return chosen
+
+
+def weights_dtype(setting_dtype: str, precision: str) -> str:
+    """The dtype the weights are loaded in: fp32 masters for mixed precision, else the setting's."""
+    return "float32" if precision == "mixed" else setting_dtype
+
+
+def autocast(precision: str, compute_dtype: str, device_type: str):
+    """The forward's context: torch.autocast to `compute_dtype` for mixed precision, else nothing."""
+    if precision != "mixed":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, compute_dtype))
 
 
 def apply_lora(model, *, r: int, alpha: float, target_modules):
@@ -92,10 +156,12 @@ def make_optimizer(params, name: str = "adamw", *, foreach: bool | None = None):
     return cls(params, lr=1e-5)
 
 
-def train_step(model, optimizer, ids) -> None:
-    """zero_grad first, so after a step the grads stay live for the breakdown."""
+def train_step(model, optimizer, ids, *, precision: str = "pure", compute_dtype: str = "bfloat16") -> None:
+    """zero_grad first, so after a step the grads stay live for the breakdown. Mixed precision: the
+    forward (and loss) under autocast, backward outside it, as Trainer / accelerate do."""
     optimizer.zero_grad(set_to_none=True)
-    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    with autocast(precision, compute_dtype, ids.device.type):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
     loss.backward()
     optimizer.step()
 

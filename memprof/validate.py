@@ -343,6 +343,11 @@ def _notes(device: str, tasks: tuple[str, ...], repeats: int, warmup: int) -> tu
         f"predicted is plan's peak total (plan --device {device}), without the CUDA context; error % is "
         "100 x (predicted - measured) / measured.",
     ]
+    if "qlora" in tasks:
+        notes.append(
+            "qlora runs with gradient checkpointing on both sides (the QLoRA default of plan and profile, as peft's "
+            "prepare_model_for_kbit_training); infer and lora without."
+        )
     if device == "cpu":
         notes.append(
             "measured is profile's exact live-tensor peak on the CPU (a dispatch-mode tracker of every tensor "

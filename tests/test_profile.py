@@ -68,7 +68,9 @@ def lora_reports(model_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_report(model_dirs):
-    return profile(str(model_dirs["llama"]), settings="fp32,bf16", train="full", grad_checkpointing=True, **TINY)
+    return profile(
+        str(model_dirs["llama"]), settings="fp32,bf16", train="full", grad_checkpointing=True, precision="pure", **TINY
+    )
 
 
 @pytest.mark.slow
@@ -111,9 +113,16 @@ def test_training_breakdown_sums_to_the_tracked_peak(lora_reports, arch):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(TINY_CONFIGS))
 def test_lora_step_flops_are_the_same_math_at_every_setting(lora_reports, arch):
-    # quantization changes the storage, not the matmuls: bitsandbytes' ops are counted like aten.mm
-    flops = {row.setting: row.train.flops for row in lora_reports[arch].settings}
-    assert len(set(flops.values())) == 1, flops
+    # quantization changes the storage, not the matmuls: bitsandbytes' ops are counted like aten.mm.
+    # The QLoRA settings checkpoint by default and recompute the forward in backward, so they are
+    # compared among themselves, and the checkpointing they ran with is what the rows say.
+    rows = lora_reports[arch].settings
+    for checkpointing in (False, True):
+        flops = {r.setting: r.train.flops for r in rows if r.train.grad_checkpointing is checkpointing}
+        assert len(set(flops.values())) == 1, flops
+    assert {r.setting for r in rows if r.train.grad_checkpointing} == {"int8", "nf4", "nf4-dq"}
+    plain = {r.train.grad_checkpointing: r.train.flops for r in rows}
+    assert plain[True] > plain[False]  # the recomputed forward
 
 
 @pytest.mark.slow
@@ -605,3 +614,22 @@ def test_tables_fit_100_columns_with_whole_headers_and_numbers(device):
 def test_real_results_render_at_100_columns_without_cut_cells_or_scientific_notation(lora_reports):
     text = _plain(profile_renderables(lora_reports["llama"]), width=100)
     assert "…" not in text and "e-0" not in text and "FLOP/s" in text
+
+
+def test_qlora_settings_checkpoint_by_default_and_the_others_do_not(model_dirs, monkeypatch):
+    from memprof.measure import profile_worker
+
+    asked = {}
+
+    def worker(request, **kwargs):
+        asked[request["setting"]["name"]] = request["grad_checkpointing"]
+        return {"load": None, "error": "not run in this test", "failed_phase": "load"}
+
+    monkeypatch.setattr(profile_worker, "run_profile_worker", worker)
+    monkeypatch.setattr("memprof.measure.load.weights_for", _fake_weights)
+    profile(str(model_dirs["llama"]), settings="bf16,nf4-dq", **TINY)
+    assert asked == {"bf16": False, "nf4-dq": True}
+    profile(str(model_dirs["llama"]), settings="bf16,nf4-dq", grad_checkpointing=False, **TINY)
+    assert asked == {"bf16": False, "nf4-dq": False}
+    profile(str(model_dirs["llama"]), settings="bf16", train="none", grad_checkpointing=True, **TINY)
+    assert asked["bf16"] is False  # nothing to checkpoint without a training step

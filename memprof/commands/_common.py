@@ -60,6 +60,29 @@ def add_lora_step_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_grad_checkpointing_arg(parser: argparse.ArgumentParser) -> None:
+    """--grad-checkpointing / --no-grad-checkpointing; neither: the task's default (memprof.step)."""
+    parser.add_argument(
+        "--grad-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="gradient checkpointing in the step (default: on for QLoRA, as peft's prepare_model_for_kbit_training; "
+        "off otherwise)",
+    )
+
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+    """--precision pure|mixed for full fine-tunes; neither: the task's default (memprof.step)."""
+    from memprof.step import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="full fine-tunes: mixed = fp32 master weights, forward under bf16/fp16 autocast (Trainer bf16=True; "
+        "the default for a 16-bit setting); pure = weights, grads and AdamW states all in the setting's dtype",
+    )
+
+
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (same as --format json)")
     # default None, not "table": an explicit --format that contradicts --json must be seen (output_format)

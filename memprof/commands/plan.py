@@ -10,12 +10,29 @@ from pathlib import Path
 
 from rich.console import Console
 
-from memprof.commands._common import add_lora_step_args, add_model_args, add_output_args, emit, output_format
+from memprof.commands._common import (
+    add_grad_checkpointing_arg,
+    add_lora_step_args,
+    add_model_args,
+    add_output_args,
+    add_precision_arg,
+    emit,
+    output_format,
+)
 from memprof.commands.gpus import GPU_FILE_HELP
 from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
+
+
+def _num_gpus(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of GPUs or auto, not {text!r}") from None
 
 
 def _gpu_list(text: str) -> tuple[str, ...]:
@@ -39,15 +56,25 @@ class PlanCommand:
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
-        parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
+        add_grad_checkpointing_arg(parser)
+        add_precision_arg(parser)
         parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
-        parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")
+        parser.add_argument(
+            "--num-gpus",
+            type=_num_gpus,
+            default=1,
+            metavar="N|auto",
+            help="GPUs per job (data parallel; default 1); auto: the fewest of each card that fit, with --shard",
+        )
         parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")
         parser.add_argument(
             "--device", default="cuda", choices=("cuda", "cpu"), help="plan for the GPU table or this CPU"
         )
         parser.add_argument("--no-cache", action="store_true", help="re-simulate instead of reading the disk cache")
+        parser.add_argument(
+            "--verbose", "-v", action="store_true", help="under the table, how each number is made (always in md/html)"
+        )
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
@@ -68,6 +95,7 @@ class PlanCommand:
                 lora_alpha=args.lora_alpha,
                 target=args.target,
                 grad_checkpointing=args.grad_checkpointing,
+                precision=args.precision,
                 gpus=args.gpus,
                 gpu_file=args.gpu_file,
                 num_gpus=args.num_gpus,
@@ -76,6 +104,8 @@ class PlanCommand:
                 allow_download=args.allow_download,
                 trust_remote_code=args.trust_remote_code,
                 use_cache=not args.no_cache,
+                on_progress=status.update if err.is_terminal else None,
             )
-        emit(report, args, console, table=plan_renderables, md=render_plan_md, html=render_plan_html)
+        table = lambda r: plan_renderables(r, verbose=args.verbose)  # noqa: E731
+        emit(report, args, console, table=table, md=render_plan_md, html=render_plan_html)
         return 0

@@ -22,7 +22,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from memprof.commands._common import add_lora_step_args, add_model_args, add_settings_arg, emit, output_format
+from memprof.commands._common import (
+    add_grad_checkpointing_arg,
+    add_lora_step_args,
+    add_model_args,
+    add_precision_arg,
+    add_settings_arg,
+    emit,
+    output_format,
+)
 from memprof.errors import ProfileOptionError
 from memprof.report import FORMATS
 
@@ -46,7 +54,8 @@ class ProfileCommand:
             help="training step: lora (QLoRA on 4-bit), full, none",
         )
         add_lora_step_args(parser)
-        parser.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the step")
+        add_grad_checkpointing_arg(parser)
+        add_precision_arg(parser)
         budget = parser.add_mutually_exclusive_group()
         budget.add_argument("--max-gpu-memory", metavar="SIZE", help="GPU budget for the offload plan, e.g. 15GiB")
         budget.add_argument("--gpu", metavar="NAME", help="GPU budget = a catalog card's memory, e.g. T4")
@@ -149,6 +158,7 @@ class ProfileCommand:
                 lora_alpha=args.lora_alpha,
                 target=args.target,
                 grad_checkpointing=args.grad_checkpointing,
+                precision=args.precision,
                 max_gpu_memory=budget,
                 threads=args.threads,
                 save_to=out,

@@ -13,6 +13,7 @@ The parent side is `run_profile_worker()`, which imports nothing heavy.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import sys
@@ -142,10 +143,14 @@ def profile_setting(request: dict, out: _Out) -> None:
     from memprof.measure.tracker import LiveBytesTracker
     from memprof.measure.worker import load_pretrained
     from memprof.settings import Setting, bnb_config
+    from memprof.step import autocast, weights_dtype
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     setting = Setting(**request["setting"])
+    precision = request.get("precision", "pure")
+    # mixed precision: fp32 master weights, every forward under autocast to the setting's dtype
+    held = dataclasses.replace(setting, dtype=weights_dtype(setting.dtype, precision))
     device = request["device"]
     cuda = device == "cuda"
     batch, seq, repeats, warmup = request["batch"], request["seq"], request["repeats"], request["warmup"]
@@ -172,7 +177,7 @@ def profile_setting(request: dict, out: _Out) -> None:
             def load(device_map, qconfig=quantization_config, **kwargs):
                 return load_pretrained(
                     request["weights_dir"],
-                    setting,
+                    held,
                     device_map=device_map,
                     trust_remote_code=request.get("trust_remote_code", False),
                     quantization_config=qconfig,
@@ -217,7 +222,7 @@ def profile_setting(request: dict, out: _Out) -> None:
             model.eval()
 
             def forward():
-                with torch.no_grad():
+                with torch.no_grad(), autocast(precision, setting.dtype, ids.device.type):
                     model(input_ids=ids, use_cache=False)
 
             if cuda:
@@ -325,8 +330,10 @@ def _train(request: dict, setting, model, ids, sampler) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable)
 
+    precision = request.get("precision", "pure")
+
     def step():
-        train_step(model, optimizer, ids)
+        train_step(model, optimizer, ids, precision=precision, compute_dtype=setting.dtype)
 
     batch, seq, repeats, warmup = request["batch"], request["seq"], request["repeats"], request["warmup"]
     if cuda:
@@ -335,6 +342,7 @@ def _train(request: dict, setting, model, ids, sampler) -> dict:
     result = {
         "mode": mode,
         "grad_checkpointing": gc_on,
+        "precision": precision,
         "median_ms": timing.median_ms,
         "iqr_ms": timing.iqr_ms,
         "min_ms": timing.min_ms,

@@ -13,27 +13,27 @@ from rich.text import Text
 from memprof.plan import Breakdown, GpuPlan, PlanReport
 from memprof.report.units import count, gib
 
-# (field, label, colour) of the stacked bar, bottom to top of the step's memory
+# (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
 BAR_PARTS = (
-    ("weights_bytes", "weights", "blue"),
-    ("trainable_params_bytes", "trainable", "cyan"),
-    ("grads_bytes", "grads", "magenta"),
-    ("optimizer_states_bytes", "optimizer", "yellow"),
-    ("activations_bytes", "activations", "green"),
-    ("inputs_bytes", "inputs", "white"),
-    ("kv_cache_bytes", "KV cache", "bright_red"),
-    ("dequant_transient_bytes", "in-kernel", "bright_black"),  # bitsandbytes kernels' own buffers
-    ("gathered_layers_bytes", "gathered", "bright_blue"),
+    ("weights_bytes", "weights", "blue", "█"),
+    ("trainable_params_bytes", "trainable", "cyan", "▓"),
+    ("grads_bytes", "grads", "magenta", "▒"),
+    ("optimizer_states_bytes", "optimizer", "yellow", "░"),
+    ("activations_bytes", "activations", "green", "#"),
+    ("inputs_bytes", "inputs", "white", "="),
+    ("kv_cache_bytes", "KV cache", "bright_red", "+"),
+    ("dequant_transient_bytes", "in-kernel", "bright_black", "*"),  # bitsandbytes kernels' own buffers
+    ("gathered_layers_bytes", "gathered", "bright_blue", "%"),
 )
 BAR_WIDTH = 72
-VERDICT = {"fits": "fits", "offload": "offload", "no": "no"}
+VERDICT = {"fits": "fits", "tight": "tight", "offload": "offload", "no": "no"}
 # Short headers (units in the header, explanations in the notes) so the table fits 100 columns; the
 # terminal table breaks them in two lines, Markdown keeps one.
 _TABLE_HEAD = (
     "GPU",
     "memory\nGiB",
     "needs\nGiB",
-    "fits",
+    "verdict",
     "headroom\nGiB",
     "max batch\n(fit)",
     "max seq\n(fit)",
@@ -42,21 +42,31 @@ _TABLE_HEAD = (
     "$/M tok\n(est.)",
 )
 HEAD = tuple(h.replace("\n", " ") for h in _TABLE_HEAD)
+GPUS_HEAD = "GPUs"  # the column --num-gpus auto adds after the card's name
+
+
+def _head(r: PlanReport, *, wrapped: bool) -> tuple[str, ...]:
+    head = _TABLE_HEAD if wrapped else HEAD
+    return (head[0], GPUS_HEAD, *head[1:]) if r.num_gpus_auto else head
+
+
 SIGNIFICANT = 3
 
 
 def _title(r: PlanReport) -> str:
     what = {"infer": "inference", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}[r.task]
-    parts = [f"{r.model} · {what} · {r.setting} · batch {r.batch} × seq {r.seq:,}"]
-    if r.new_tokens:
-        parts.append(f"+{r.new_tokens:,} new tokens")
     if r.lora_r is not None:
-        parts.append(f"r={r.lora_r}")
-    if r.optimizer:
+        what += f" r={r.lora_r}"
+    batch = f"batch {r.batch} × seq {r.seq:,}" + (f" +{r.new_tokens:,} new" if r.new_tokens else "")
+    setting = f"{r.precision} {r.setting}" if r.task == "full" else r.setting  # e.g. "mixed bf16"
+    parts = [r.model, what, setting, batch]
+    if r.optimizer and r.optimizer != "adamw":  # AdamW, the default, is named in the details
         parts.append(r.optimizer)
-    if r.grad_checkpointing:
-        parts.append("grad ckpt")
-    if r.num_gpus > 1:
+    if r.task != "infer":
+        parts.append("grad ckpt " + ("on" if r.grad_checkpointing else "off"))
+    if r.num_gpus_auto:
+        parts.append(f"{r.shard}, fewest GPUs")
+    elif r.num_gpus > 1:
         parts.append(f"{r.num_gpus} GPUs {r.shard}")
     return " · ".join(parts)
 
@@ -72,9 +82,9 @@ def significant(x: float | None, digits: int = SIGNIFICANT) -> str:
 
 
 def _cost_digits(r: PlanReport) -> int:
-    """Significant digits for $/M tok: SIGNIFICANT, or more where the cheapest card would otherwise
-    print the same number as another fitting card whose exact cost differs."""
-    costs = [g.usd_per_million_tokens for g in r.gpus if g.fits and g.usd_per_million_tokens is not None]
+    """Significant digits for $/h, what the star is chosen on: SIGNIFICANT, or more where the starred
+    card would otherwise print the same price as another fitting card whose exact price differs."""
+    costs = [g.usd_per_hour for g in r.gpus if g.fits and g.usd_per_hour is not None]
     best = min(costs, default=None)
     digits = SIGNIFICANT
     while best is not None and digits < 15:
@@ -88,10 +98,11 @@ def _gib(n: int) -> str:
     return significant(n / 2**30)
 
 
-def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT) -> list[str]:
+def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT, *, auto: bool = False) -> list[str]:
     seq = "—" if g.max_seq == 0 else f"{g.max_seq:,}" + (" (max)" if g.max_seq_capped else "")
     return [
         g.name + (" ★" if g.cheapest else ""),
+        *([f"{g.num_gpus}" if g.fits else f">{g.num_gpus}"] if auto else []),
         _gib(g.memory_bytes),
         _gib(g.required_bytes),
         VERDICT[g.verdict],
@@ -99,87 +110,132 @@ def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT) -> list[str]:
         f"{g.max_batch:,}" if g.max_batch else "—",
         seq,
         "—" if g.step_s is None else significant(g.step_s * 1000),
-        "—" if g.usd_per_hour is None else "$" + significant(g.usd_per_hour),
-        "—" if g.usd_per_million_tokens is None else "$" + significant(g.usd_per_million_tokens, cost_digits),
+        "—" if g.usd_per_hour is None else "$" + significant(g.usd_per_hour, cost_digits),
+        "—" if g.usd_per_million_tokens is None else "$" + significant(g.usd_per_million_tokens),
     ]
 
 
-def _bar(bd: Breakdown) -> Text:
+class _Bar:
+    """The stacked memory bar and its legend: coloured blocks, or one character per kind where the
+    console has no colour (every block would look the same)."""
+
+    def __init__(self, bd: Breakdown) -> None:
+        self.bd = bd
+
+    def __rich_console__(self, console, options):
+        plain = console.color_system is None or console.no_color
+        yield _bar(self.bd, plain=plain)
+        yield _legend(self.bd, plain=plain)
+
+
+def _bar(bd: Breakdown, *, plain: bool = False) -> Text:
     text = Text()
     total = bd.total_bytes or 1
     used = 0
-    for name, _label, colour in BAR_PARTS:
+    for name, _label, colour, char in BAR_PARTS:
         value = getattr(bd, name)
         width = round(BAR_WIDTH * (used + value) / total) - round(BAR_WIDTH * used / total)
         used += value
-        text.append("█" * width, style=colour)
+        text.append((char if plain else "█") * width, style=colour)
     return text
 
 
-def _legend(bd: Breakdown) -> Text:
+def _legend(bd: Breakdown, *, plain: bool = False) -> Text:
+    """One entry per kind that holds bytes, in GiB (said in the heading, so that the legend fits a line)."""
     text = Text()
-    for name, label, colour in BAR_PARTS:
+    for name, label, colour, char in BAR_PARTS:
         value = getattr(bd, name)
         if value:
-            text.append("■ ", style=colour)
-            text.append(f"{label} {gib(value)}  ")
+            if text:
+                text.append(" ")  # one space between entries: the marks set them apart
+            text.append(char if plain else "■", style=colour)
+            text.append(f" {label} {value / 2**30:.2f}")
     return text
 
 
-def plan_renderables(r: PlanReport) -> Group:
+def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
+    """The table, the memory bar and the short notes; with `verbose`, how every number is made too."""
     table = Table(
-        title=_title(r),
-        title_style="bold",
-        title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         collapse_padding=True,
         pad_edge=False,
     )
-    for i, name in enumerate(_TABLE_HEAD):
-        table.add_column(
-            name, justify="left" if i in (0, 3) else "right", style="bold" if i == 0 else None, no_wrap=i != 0
-        )
-    styles = {"fits": None, "offload": "yellow", "no": "dim"}
+    head = _head(r, wrapped=True)
+    for i, name in enumerate(head):
+        left = i == 0 or name == "verdict"
+        table.add_column(name, justify="left" if left else "right", style="bold" if i == 0 else None, no_wrap=i != 0)
+    styles = {"fits": None, "tight": "yellow", "offload": "yellow", "no": "dim"}
     digits = _cost_digits(r)
     for g in r.gpus:
-        table.add_row(*_cells(g, digits), style="bold green" if g.cheapest else styles[g.verdict])
+        table.add_row(*_cells(g, digits, auto=r.num_gpus_auto), style="bold green" if g.cheapest else styles[g.verdict])
     bd = r.breakdown
     parts = [
+        # the title above the table, not the table's own title: that one wraps at the table's width
+        Text(_title(r), style="bold"),
         table,
         Text(""),
-        Text(f"Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", style="bold"),
-        _bar(bd),
-        _legend(bd),
         Text(
-            f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact) · tokens per step: {count(r.tokens_per_step)}"
-            + (f" · cheapest that fits: {r.cheapest}" if r.cheapest else " · no GPU fits without offload"),
+            f"Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context; in GiB:",
+            style="bold",
         ),
+        _Bar(bd),
+        Text(_answer(r), style="bold"),
     ]
     parts += [Text(f"• {note}", style="dim") for note in r.notes]
+    if not verbose:
+        parts.append(Text("• --verbose: how each number is made", style="dim"))
+    else:
+        parts.append(
+            Text(
+                f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact) · tokens per step: {count(r.tokens_per_step)}"
+            )
+        )
+        parts += [Text(f"• {note}", style="dim") for note in r.details]
     return Group(*parts)
+
+
+def _at(r: PlanReport) -> str:
+    """With --num-gpus auto, which count the breakdown is at (the starred card's)."""
+    return f" at {r.num_gpus} GPU{'s' if r.num_gpus > 1 else ''} (the ★ card's)" if r.num_gpus_auto else ""
+
+
+def _answer(r: PlanReport) -> str:
+    """The line that answers the question: which card, how much left free, at what batch."""
+    if r.cheapest is None:
+        return "No GPU fits without offload."
+    g = next(g for g in r.gpus if g.name == r.cheapest)
+    tight = " (tight)" if g.verdict == "tight" else ""
+    batch = f"max batch {g.max_batch:,}" if g.max_batch else "not batch 1 with the margin free"
+    cards = f"{g.num_gpus} × " if r.num_gpus_auto or g.num_gpus > 1 else ""
+    per_gpu = " per GPU" if cards else ""
+    return (
+        f"★ cheapest that fits: {cards}{g.name}{tight}, ${significant(g.usd_per_hour)}/h, {_gib(g.headroom_bytes)} "
+        f"GiB free{per_gpu}; {batch} at seq {r.seq:,}"
+    )
 
 
 def render_plan_html(r: PlanReport) -> str:
     console = Console(record=True, width=170, file=io.StringIO())
-    console.print(plan_renderables(r))
+    console.print(plan_renderables(r, verbose=True))
     return console.export_html(inline_styles=True)
 
 
 def render_plan_md(r: PlanReport) -> str:
     bd = r.breakdown
     lines = [f"## {_title(r)}", ""]
-    lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    lines += ["| " + " | ".join(_cells(g, _cost_digits(r))) + " |" for g in r.gpus]
-    lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU: {gib(bd.total_bytes)} + CUDA context", ""]
+    head = _head(r, wrapped=False)
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cells(g, _cost_digits(r), auto=r.num_gpus_auto)) + " |" for g in r.gpus]
+    lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context", ""]
     lines += ["| part | bytes | GiB |", "|---|---|---|"]
     training_only = ("trainable_params_bytes", "grads_bytes", "optimizer_states_bytes")
-    parts = [(name, label) for name, label, _ in BAR_PARTS if r.task != "infer" or name not in training_only]
+    parts = [(name, label) for name, label, _, _ in BAR_PARTS if r.task != "infer" or name not in training_only]
     lines += [f"| {label} | {count(getattr(bd, name))} | {gib(getattr(bd, name))} |" for name, label in parts]
     lines += [f"| total | {count(bd.total_bytes)} | {gib(bd.total_bytes)} |", ""]
     lines.append(
         f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact); cheapest that fits: {r.cheapest or 'none'}"
     )
     lines.append("")
-    lines += [f"- {note}" for note in r.notes]
+    lines += [f"- {note}" for note in (*r.notes, *r.details)]
     return "\n".join(lines) + "\n"

@@ -190,6 +190,32 @@ def _offload_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _precision(report: ProfileReport) -> str:
+    """A full fine-tune's precision per setting ("" for LoRA, which runs at the setting's dtype)."""
+    if report.train != "full":
+        return ""
+    trained = [r for r in report.settings if r.train is not None]
+    mixed = [r.setting for r in trained if r.train.precision == "mixed"]
+    if mixed and len(mixed) < len(trained):
+        return f"mixed precision for {', '.join(mixed)} (fp32 weights, autocast), pure for the others; "
+    if mixed:
+        return "mixed precision (fp32 weights, autocast); "
+    return "pure precision; " if trained else ""
+
+
+def _checkpointing(report: ProfileReport) -> str:
+    """Whether each setting's training step checkpointed (QLoRA settings do by default)."""
+    trained = [r for r in report.settings if r.train is not None]
+    on = [r.setting for r in trained if r.train.grad_checkpointing]
+    if not trained:
+        on_all = bool(report.grad_checkpointing)
+    elif on and len(on) < len(trained):
+        return f"grad checkpointing on for {', '.join(on)}, off for the others"
+    else:
+        on_all = bool(on)
+    return "grad checkpointing " + ("on" if on_all else "off")
+
+
 def _without_empty_columns(head: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
     """Drop columns with no value in any row (GPU-only ones on CPU); the setting and first value stay."""
     keep = [i for i in range(len(head)) if i < 2 or any(row[i] not in ("—", "") for row in rows)]
@@ -197,11 +223,7 @@ def _without_empty_columns(head: list[str], rows: list[list[str]]) -> tuple[list
 
 
 def _sections(report: ProfileReport) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
-    train = (
-        "none"
-        if report.train == "none"
-        else report.train + (" + grad checkpointing" if report.grad_checkpointing else "")
-    )
+    train = "none" if report.train == "none" else f"{report.train}; {_precision(report)}{_checkpointing(report)}"
     sections = [
         ("Load", _load_rows(report)),
         ("Forward (no grad)", _forward_rows(report)),
