@@ -308,3 +308,40 @@ def test_python_footprint_rejects_a_device_without_measure():
     with pytest.raises(OptionError, match="only applies with --measure"):
         footprint("openai-community/gpt2", device="cuda")
     assert footprint("openai-community/gpt2", settings="fp32").device is None
+
+
+# --- argparse errors: one line for every option of every command ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["plan", "gpt2", "--r", "abc"], "--lora-r wants a whole number, not 'abc' (e.g. --lora-r 8)"),
+        (["plan", "gpt2", "--alpha", "x"], "--lora-alpha wants a number, not 'x'"),
+        (["plan", "gpt2", "--batch", "1.5"], "--batch wants a whole number, not '1.5' (e.g. --batch 1)"),
+        (["profile", "gpt2", "--seq", "long"], "--seq wants a whole number, not 'long' (e.g. --seq 512)"),
+        (["profile", "gpt2", "--timeout", "soon"], "--timeout wants a number, not 'soon'"),
+        (["profile", "gpt2", "--train", "half"], "invalid choice: 'half' (choose from"),
+        (["profile", "gpt2", "--timeout"], "--timeout needs a value after it"),
+        (["footprint", "gpt2", "--bogus"], "unrecognized arguments: --bogus (see `memprof footprint --help`)"),
+        (["gpus", "--foo", "3"], "unrecognized arguments: --foo 3"),
+        (["models", "--format", "xml"], "invalid choice: 'xml'"),
+        (["validate", "gpt2", "--seqs", "x"], "--seqs takes positive integers, not 'x'"),
+        (["compare", "a.json"], "the following arguments are required: B"),
+        (["report"], "the following arguments are required"),
+        (["lora-params", "gpt2", "--r", "abc"], "rank must be a positive integer, not 'abc'"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_a_bad_option_value_is_one_line_naming_what_would_work(argv, expected, capsys):
+    assert main(argv) == 2
+    err = one_line_error(capsys, argv[0])
+    assert expected in err
+    assert "usage:" not in err
+
+
+def test_an_unknown_command_is_one_line(capsys):
+    assert main(["bogus"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("memprof: error: ") and len(captured.err.strip().splitlines()) == 1
+    assert "'bogus'" in captured.err and "'plan'" in captured.err
