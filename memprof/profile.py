@@ -123,7 +123,7 @@ class ProfileReport:
     settings: tuple[SettingProfile, ...]
     weights: str = ""
     lora_r: int | None = None
-    lora_alpha: int | None = None
+    lora_alpha: float | None = None  # peft takes any positive number (--alpha 12.5)
     target: tuple[str, ...] | str | None = None  # LoRA target_modules as resolved: names, "all-linear", None
     grad_checkpointing: bool = False
     max_gpu_memory_bytes: int | None = None

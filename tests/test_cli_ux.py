@@ -345,3 +345,44 @@ def test_an_unknown_command_is_one_line(capsys):
     captured = capsys.readouterr()
     assert captured.err.startswith("memprof: error: ") and len(captured.err.strip().splitlines()) == 1
     assert "'bogus'" in captured.err and "'plan'" in captured.err
+
+
+# --- profile --alpha 12.5: the saved result is one report and compare read back -------------------------
+
+
+def _float_alpha_report(created: str):
+    from memprof.profile import ProfileReport, SettingProfile
+
+    return ProfileReport(
+        model="m", device="cpu", env={}, batch=1, seq=8, repeats=1, warmup=0, train="lora",
+        settings=(SettingProfile("fp32", error="out of memory during load", failed_phase="load"),),
+        lora_r=4, lora_alpha=12.5, created=created,
+    )  # fmt: skip
+
+
+def test_a_float_alpha_result_round_trips_through_report_and_compare(tmp_path, capsys):
+    from memprof.profile import ProfileReport
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _float_alpha_report("t1").save(a)
+    _float_alpha_report("t2").save(b)
+    assert ProfileReport.load(a).lora_alpha == 12.5
+    assert main(["report", str(a), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lora_alpha"] == 12.5
+    assert main(["compare", str(a), str(b)]) == 0
+
+
+@pytest.mark.slow
+def test_profile_alpha_12_5_saves_a_result_report_and_compare_read(tmp_path, capsys):
+    model = tmp_path / "tiny"
+    model.mkdir()
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 64}  # fmt: skip
+    (model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "run.json"
+    argv = ["profile", str(model), "--settings", "fp32", "--seq", "8", "--repeats", "1", "--warmup", "0"]
+    assert main([*argv, "--threads", "1", "--lora-r", "4", "--alpha", "12.5", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lora_alpha"] == 12.5
+    assert main(["report", str(out), "--format", "md"]) == 0
+    assert "fp32" in capsys.readouterr().out
+    assert main(["compare", str(out), str(out)]) == 0
