@@ -284,10 +284,7 @@ def _select_gpus(names: tuple[str, ...] | None, table: tuple[catalog.Gpu, ...]) 
         return table
     chosen = []
     for name in names:
-        gpu = catalog.find_gpu(name, table)
-        if gpu is None:
-            known = ", ".join(g.name for g in table)
-            raise PlanOptionError(f"unknown GPU {name!r}; known: {known} (add yours with --gpu-file)")
+        gpu = catalog.lookup_gpu(name, table, hint="add yours with --gpu-file")
         if gpu not in chosen:
             chosen.append(gpu)
     return tuple(chosen)

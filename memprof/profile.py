@@ -387,21 +387,14 @@ def parse_bytes(text: str) -> int:
 
 
 def gpu_budget(gpu: str) -> tuple[str, int]:
-    """A catalog GPU's name and total memory, for --gpu."""
-    for card in catalog.gpus():
-        if card.name.lower() == gpu.strip().lower():
-            return card.name, card.memory_bytes
-    names = ", ".join(c.name for c in catalog.gpus())
-    raise ProfileOptionError(f"unknown GPU {gpu!r}; use one of {names}")
+    """A catalog GPU's name and total memory, for --gpu (names as `plan --gpus` takes them)."""
+    card = catalog.lookup_gpu(gpu, hint="or give a budget with --max-gpu-memory, e.g. 15GiB")
+    return card.name, card.memory_bytes
 
 
 def catalog_gpu_for(device_name: str | None) -> catalog.Gpu | None:
     """The catalog card a CUDA device name is ('NVIDIA H100 80GB HBM3' -> H100 80GB), or None."""
-    if not device_name:
-        return None
-    name = device_name.lower()
-    matches = [g for g in catalog.gpus() if all(tok in name for tok in g.name.lower().split())]
-    return max(matches, key=lambda g: len(g.name), default=None)
+    return catalog.gpu_for_device_name(device_name)
 
 
 def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, cpu_bytes: int | None = None) -> dict:

@@ -386,3 +386,47 @@ def test_profile_alpha_12_5_saves_a_result_report_and_compare_read(tmp_path, cap
     assert main(["report", str(out), "--format", "md"]) == 0
     assert "fp32" in capsys.readouterr().out
     assert main(["compare", str(out), str(out)]) == 0
+
+
+# --- one GPU-name rule for every command --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("typed", "card"),
+    [("h100", "H100 80GB"), ("H100-80GB", "H100 80GB"), ("4090", "RTX 4090"), ("rtx4090", "RTX 4090"),
+     ("t4", "T4"), ("mi300", "MI300X"), ("a100 80", "A100 80GB")],
+)  # fmt: skip
+def test_plan_and_profile_take_the_same_gpu_names(typed, card):
+    from memprof import catalog
+    from memprof.plan import _select_gpus
+    from memprof.profile import gpu_budget
+
+    assert catalog.find_gpu(typed).name == card
+    assert gpu_budget(typed)[0] == card
+    assert [g.name for g in _select_gpus((typed,), catalog.gpus())] == [card]
+
+
+def test_a_gpu_name_that_means_two_cards_names_both(capsys):
+    assert main(["profile", "no-such/model", "--gpu", "a100"]) == 2
+    err = one_line_error(capsys, "profile")
+    assert "'a100' could be A100 40GB or A100 80GB" in err
+
+
+def test_profile_gpu_h100_is_accepted(capsys):
+    # the GPU is read before the model: the error is the model's, so h100 was taken
+    assert main(["profile", "no-such/model", "--gpu", "h100"]) == 2
+    err = one_line_error(capsys, "profile")
+    assert "GPU" not in err and "no-such/model" in err
+
+
+def _plan_model_dir(tmp_path, arch: str = "llama") -> str:
+    path = tmp_path / f"tiny-{arch}"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(tiny_config(arch)))
+    return str(path)
+
+
+def test_plan_gpu_is_an_alias_of_gpus(tmp_path, capsys):
+    assert main(["plan", _plan_model_dir(tmp_path), "--gpu", "4090", "--seq", "64", "--json"]) == 0
+    cards = json.loads(capsys.readouterr().out)["gpus"]
+    assert [c["name"] for c in cards] == ["RTX 4090"]

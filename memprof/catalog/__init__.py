@@ -261,15 +261,49 @@ def gpus_with(user_file: Path | None = None) -> tuple[Gpu, ...]:
     return tuple(table)
 
 
-def find_gpu(name: str, table: tuple[Gpu, ...]) -> Gpu | None:
-    """Match a GPU by name, case-insensitively, ignoring spaces ("h100 80gb", "H100-80GB")."""
-
-    def norm(text: str) -> str:
-        return "".join(ch for ch in text.lower() if ch.isalnum())
-
-    key = norm(name)
-    exact = [g for g in table if norm(g.name) == key]
+def _gpu_matches(name: str, table: tuple[Gpu, ...]) -> list[Gpu]:
+    """The cards `name` may mean: the one whose name it is (case, spaces and dashes ignored), else every
+    card whose name has a word starting with it ("h100" -> H100 80GB, "4090" -> RTX 4090)."""
+    key = _norm_gpu_name(name)
+    if not key:
+        return []
+    exact = [g for g in table if _norm_gpu_name(g.name) == key]
     if exact:
-        return exact[0]
-    prefix = [g for g in table if norm(g.name).startswith(key)]
-    return prefix[0] if len(prefix) == 1 else None
+        return exact[:1]
+    return [
+        g
+        for g in table
+        if any(_norm_gpu_name(" ".join(g.name.split()[i:])).startswith(key) for i in range(len(g.name.split())))
+    ]
+
+
+def find_gpu(name: str, table: tuple[Gpu, ...] | None = None) -> Gpu | None:
+    """The card a user's GPU name means in `table` (default: the shipped one), or None if it means none
+    or several. The one rule for GPU names on every command (plan --gpus/--gpu, profile --gpu)."""
+    matches = _gpu_matches(name, gpus() if table is None else table)
+    return matches[0] if len(matches) == 1 else None
+
+
+def lookup_gpu(name: str, table: tuple[Gpu, ...] | None = None, *, hint: str = "") -> Gpu:
+    """find_gpu, or UnknownGpuError in one line: the cards it could mean, or the known ones (+ `hint`)."""
+    from memprof.errors import UnknownGpuError
+
+    table = gpus() if table is None else table
+    matches = _gpu_matches(name, table)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise UnknownGpuError(f"GPU {name!r} could be {' or '.join(g.name for g in matches)}; give one of them")
+    known = ", ".join(g.name for g in table)
+    raise UnknownGpuError(f"unknown GPU {name!r}; known: {known}" + (f" ({hint})" if hint else ""))
+
+
+def gpu_for_device_name(device_name: str | None, table: tuple[Gpu, ...] | None = None) -> Gpu | None:
+    """The card a CUDA device name is ('NVIDIA H100 80GB HBM3' -> H100 80GB), or None: the longest
+    card name whose every word is in the device name (so "H100 80GB" wins over a bare "H100")."""
+    if not device_name:
+        return None
+    words = device_name.lower()
+    table = gpus() if table is None else table
+    matches = [g for g in table if all(tok in words for tok in g.name.lower().split())]
+    return max(matches, key=lambda g: len(g.name), default=None)

@@ -40,7 +40,14 @@ class PlanCommand:
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
         parser.add_argument("--grad-checkpointing", action="store_true", help="simulate with gradient checkpointing")
-        parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
+        parser.add_argument(
+            "--gpus",
+            "--gpu",
+            dest="gpus",
+            type=_gpu_list,
+            metavar="LIST",
+            help="comma list of GPU names as `memprof gpus` lists them, or a unique part (h100, 4090); default: all",
+        )
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
         parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")
         parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")

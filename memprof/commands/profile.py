@@ -49,7 +49,11 @@ class ProfileCommand:
         parser.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the step")
         budget = parser.add_mutually_exclusive_group()
         budget.add_argument("--max-gpu-memory", metavar="SIZE", help="GPU budget for the offload plan, e.g. 15GiB")
-        budget.add_argument("--gpu", metavar="NAME", help="GPU budget = a catalog card's memory, e.g. T4")
+        budget.add_argument(
+            "--gpu",
+            metavar="NAME",
+            help="GPU budget = a catalog card's memory (names as `memprof plan --gpus`, e.g. T4, h100)",
+        )
         parser.add_argument("--threads", type=int, help="torch CPU threads in each worker (default: torch's)")
         parser.add_argument(
             "--timeout", type=float, metavar="S", help="kill a setting's worker after S seconds (> 0); its row says so"
