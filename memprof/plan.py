@@ -410,10 +410,11 @@ def plan(
         max_batch = _max_int(lambda b, cap=budget: total_at(b, seq) <= cap, MAX_SWEEP_BATCH)
         max_seq = max_seq_under(budget)
         step_s = bound = usd_h = usd_m = None
-        if gpu.bf16_dense_tflops > 0:
+        if gpu.bf16_dense_tflops > 0 and gpu.memory_bandwidth_gbs > 0:  # 0.0: unknown (catalog.Gpu)
             step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
-            usd_h = gpu.usd_per_hour * num_gpus
-            usd_m = usd_h / 3600 * step_s / tokens * 1e6
+            if gpu.usd_per_hour > 0:
+                usd_h = gpu.usd_per_hour * num_gpus
+                usd_m = usd_h / 3600 * step_s / tokens * 1e6
         rows.append(
             GpuPlan(
                 name=gpu.name,

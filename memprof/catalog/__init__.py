@@ -35,7 +35,8 @@ class CatalogModel:
 class Gpu:
     """One GPU model. memory_bytes is the total the driver reports; usable_bytes leaves out the CUDA
     context (a per-card constant in gpus.json; `context_measured` says whether memprof measured it,
-    `context_given` that a user's --gpu-file gave it)."""
+    `context_given` that a user's --gpu-file gave it). A speed or price of 0.0 is unknown (a --gpu-file
+    card that did not give it): plan then estimates no step time or cost for the card."""
 
     name: str
     memory_bytes: int
@@ -85,15 +86,11 @@ def find_catalog_model(name: str) -> CatalogModel | None:
     return None
 
 
-GPU_REQUIRED_FIELDS = (
-    "name",
-    "memory_mib",
-    "context_mib",
-    "bf16_dense_tflops",
-    "memory_bandwidth_gbs",
-    "usd_per_hour",
-)
-GPU_OPTIONAL_FIELDS = ("context_measured", "tier_gb", "note")
+GPU_REQUIRED_FIELDS = ("name", "memory_mib", "context_mib")
+# Optional for a new card, so that what `memprof gpus --measure-context` prints for any card is an entry
+# plan takes: without them (0.0 in Gpu: unknown) plan fits memory but estimates no step time or cost.
+GPU_SPEED_FIELDS = ("bf16_dense_tflops", "memory_bandwidth_gbs", "usd_per_hour")
+GPU_OPTIONAL_FIELDS = (*GPU_SPEED_FIELDS, "context_measured", "tier_gb", "note")
 GPU_FILE_EXAMPLE = (
     '{"gpus": [{"name": "T4", "usd_per_hour": 0.25}, {"name": "My card", "memory_mib": 49152, "context_mib": 512, '
     '"bf16_dense_tflops": 180, "memory_bandwidth_gbs": 960, "usd_per_hour": 1.2}]}'

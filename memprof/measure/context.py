@@ -39,9 +39,17 @@ class CudaContext:
         return -(-self.context_bytes // MIB)
 
     def gpu_file_entry(self) -> dict:
-        """An entry for `memprof plan --gpu-file` giving this card's measured context."""
-        name = self.catalog_name or self.device_name
-        return {"name": name, "context_mib": self.context_mib, "context_measured": True}
+        """An entry for `memprof plan --gpu-file` giving this card's measured context. A card outside
+        the catalog is a new card there, which needs its memory too (its speed and price stay unknown)."""
+        if self.catalog_name:
+            return {"name": self.catalog_name, "context_mib": self.context_mib, "context_measured": True}
+        memory_mib = self.memory_bytes // MIB  # whole MiB, rounded down: never more than the card has
+        return {
+            "name": self.device_name,
+            "memory_mib": memory_mib,
+            "context_mib": self.context_mib,
+            "context_measured": True,
+        }
 
 
 def context_bytes(used_before: int, used_after: int, reserved: int) -> int:
@@ -83,7 +91,10 @@ def measure_cuda_context(index: int = 0) -> CudaContext:
         driver=info.driver if info else None,
         torch_version=torch.__version__,
         cuda_version=torch.version.cuda,
-        memory_bytes=info.memory_bytes if info and info.memory_bytes else 0,
+        # NVML's total, else torch's: a card outside the catalog needs it in its --gpu-file entry
+        memory_bytes=info.memory_bytes
+        if info and info.memory_bytes
+        else torch.cuda.get_device_properties(device).total_memory,
         used_before_bytes=before,
         used_after_bytes=after,
         reserved_bytes=reserved,

@@ -68,9 +68,10 @@ def _gpu_rows(gpus: tuple[Gpu, ...]) -> list[list[str]]:
                 gib(g.memory_bytes),
                 context,
                 gib(g.usable_bytes),
-                f"{g.bf16_dense_tflops:,.0f}",
-                f"{g.memory_bandwidth_gbs:,.0f}",
-                "$" + significant(g.usd_per_hour),
+                # 0.0: unknown (a --gpu-file card that did not give it)
+                f"{g.bf16_dense_tflops:,.0f}" if g.bf16_dense_tflops else "—",
+                f"{g.memory_bandwidth_gbs:,.0f}" if g.memory_bandwidth_gbs else "—",
+                "$" + significant(g.usd_per_hour) if g.usd_per_hour else "—",
                 g.note,
             ]
         )
