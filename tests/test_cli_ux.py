@@ -3,6 +3,7 @@ the shared output options, a LoRA rank wider than its layers, and a slow failing
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -430,3 +431,45 @@ def test_plan_gpu_is_an_alias_of_gpus(tmp_path, capsys):
     assert main(["plan", _plan_model_dir(tmp_path), "--gpu", "4090", "--seq", "64", "--json"]) == 0
     cards = json.loads(capsys.readouterr().out)["gpus"]
     assert [c["name"] for c in cards] == ["RTX 4090"]
+
+
+# --- plan: one simulated plan, with a --gpu-file card whose name has a `|` and no speed or price --------
+
+
+@pytest.fixture(scope="module")
+def plan_with_a_new_card(tmp_path_factory):
+    from memprof.plan import plan
+
+    root = tmp_path_factory.mktemp("plan-new-card")
+    gpu_file = root / "gpus.json"
+    card = {"name": "Quux | 9000", "memory_mib": 24576, "context_mib": 400, "context_measured": True}
+    gpu_file.write_text(json.dumps({"gpus": [card]}))
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the autouse cache fixture is not set up yet
+        mp.setenv("MEMPROF_CACHE_DIR", str(root / "cache"))
+        model = _plan_model_dir(root)
+        return plan(model, seq=64, gpus=("quux", "t4"), gpu_file=gpu_file, use_cache=False)
+
+
+def test_a_gpu_file_card_without_speed_or_price_is_planned_without_step_time_or_cost(plan_with_a_new_card):
+    quux, t4 = plan_with_a_new_card.gpus
+    assert quux.name == "Quux | 9000" and quux.memory_bytes == 24576 * 2**20 and quux.fits
+    assert quux.step_s is None and quux.usd_per_million_tokens is None
+    assert t4.step_s is not None and plan_with_a_new_card.cheapest == "T4"
+
+
+def _unescaped_pipes(line: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", line))
+
+
+def test_plan_markdown_escapes_a_pipe_in_a_cell(plan_with_a_new_card):
+    from memprof.report.plan import render_plan_md
+
+    report = dataclasses.replace(plan_with_a_new_card, model="me|mine")
+    lines = render_plan_md(report).splitlines()
+    head = next(line for line in lines if line.startswith("| GPU |"))
+    quux = next(line for line in lines if "Quux" in line)
+    assert quux.startswith("| Quux \\| 9000 |")
+    assert _unescaped_pipes(quux) == _unescaped_pipes(head)
+    for line in lines:
+        if line.startswith("|"):  # every table row: as many cells as its header
+            assert _unescaped_pipes(line) in (_unescaped_pipes(head), 4), line
