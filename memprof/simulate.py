@@ -993,8 +993,12 @@ def _peak_error(fitted: Simulation, direct: Simulation) -> int:
 
 
 def _versions() -> dict:
-    out = {"format": SIM_FORMAT}
-    for dist in ("torch", "transformers", "peft"):
+    """What a cached simulation depends on besides config and spec: memprof's own code (its version)
+    and every library whose modules the step runs (bitsandbytes: the quantized settings' layers)."""
+    import memprof  # at call time: the package is loaded by then, and its __init__ imports this module
+
+    out = {"format": SIM_FORMAT, "memprof": memprof.__version__}
+    for dist in ("torch", "transformers", "peft", "bitsandbytes"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
