@@ -473,3 +473,32 @@ def test_plan_markdown_escapes_a_pipe_in_a_cell(plan_with_a_new_card):
     for line in lines:
         if line.startswith("|"):  # every table row: as many cells as its header
             assert _unescaped_pipes(line) in (_unescaped_pipes(head), 4), line
+
+
+# --- profile's progress bar counts the settings it will run -------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "count"), [("bf16,bf16,fp32", 2), ("fp32, ,nf4,", 2), (None, 5)])
+def test_profile_progress_counts_parsed_settings(settings, count, monkeypatch, tmp_path):
+    import memprof.commands.profile as command
+    import memprof.profile
+    from memprof.cli import build_parser
+
+    totals = []
+
+    class Progress(command.Progress):
+        def add_task(self, description, *, total=None, **fields):
+            totals.append(total)
+            return super().add_task(description, total=total, **fields)
+
+    class Console(command.Console):  # stderr as a terminal, so the bar is shown
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs, force_terminal=True, file=open(os.devnull, "w"))  # noqa: SIM115
+
+    monkeypatch.setattr(command, "Progress", Progress)
+    monkeypatch.setattr(command, "Console", Console)
+    monkeypatch.setattr(memprof.profile, "profile", lambda *a, **k: "ran")
+    argv = ["profile", "m"] + ([] if settings is None else ["--settings", settings])
+    args = build_parser().parse_args(argv)
+    assert command.ProfileCommand()._profile(args, None, tmp_path / "r.json") == "ran"
+    assert totals == [count]

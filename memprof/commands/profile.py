@@ -115,6 +115,7 @@ class ProfileCommand:
     def _profile(self, args: argparse.Namespace, budget, out: Path):
         """Run the library function, with a progress line on stderr when it is a terminal."""
         from memprof.profile import profile
+        from memprof.settings import parse_settings
 
         err = Console(stderr=True)
         progress = None
@@ -129,7 +130,7 @@ class ProfileCommand:
                 console=err,
                 transient=True,
             )
-            total = len(args.settings.split(",")) if args.settings else 5
+            total = len(parse_settings(args.settings))  # what profile runs: no repeats, no blank items
             task = progress.add_task("starting", total=total, setting="")
         started: list[str] = []
 
