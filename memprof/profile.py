@@ -540,8 +540,10 @@ def _check_options(
                 f"--train full cannot train quantized weights ({', '.join(quantized)}); "
                 "use --train lora for those, or --settings fp32,bf16 with --train full"
             )
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    if isinstance(limit, int) and seq > limit:
+    from memprof.simulate import max_positions  # the one rule for every config's position limit (MPT too)
+
+    limit = max_positions(config)
+    if limit is not None and seq > limit:
         raise ProfileOptionError(f"--seq {seq} is longer than the model's {limit} positions; use --seq <= {limit}")
 
 
