@@ -502,3 +502,42 @@ def test_profile_progress_counts_parsed_settings(settings, count, monkeypatch, t
     args = build_parser().parse_args(argv)
     assert command.ProfileCommand()._profile(args, None, tmp_path / "r.json") == "ran"
     assert totals == [count]
+
+
+# --- models and gpus tables at 100 columns ------------------------------------------------------------
+
+
+def _at_100_columns(renderable) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def test_models_table_never_cuts_a_hub_id_or_an_alias():
+    from memprof import catalog
+    from memprof.report.catalog import models_table
+
+    text = _at_100_columns(models_table(catalog.catalog_models()))
+    assert "…" not in text
+    lines = text.splitlines()
+    for model in catalog.catalog_models():
+        assert any(f"│ {model.hub_id} " in line for line in lines), model.hub_id  # whole, on one line
+
+
+def test_gpus_table_gives_each_card_one_line_at_100_columns_and_explains_est():
+    from memprof import catalog
+    from memprof.report.catalog import gpus_table
+
+    text = _at_100_columns(gpus_table(catalog.gpus()))
+    assert max(len(line) for line in text.splitlines()) <= 100
+    rows = [line for line in text.splitlines() if line.startswith("│ ")]
+    for card in catalog.gpus():
+        (row,) = [r for r in rows if r.startswith(f"│ {card.name} ")]
+        assert "0.50 GiB (est.)" in row or card.context_measured
+    continuation = [r for r in rows if r.startswith("│           │            │    ")]
+    assert len(continuation) <= 4  # only the T4's note wraps
+    assert "(est.) a shipped estimate, not measured on this card" in " ".join(text.split())
