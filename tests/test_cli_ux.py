@@ -541,3 +541,37 @@ def test_gpus_table_gives_each_card_one_line_at_100_columns_and_explains_est():
     continuation = [r for r in rows if r.startswith("│           │            │    ")]
     assert len(continuation) <= 4  # only the T4's note wraps
     assert "(est.) a shipped estimate, not measured on this card" in " ".join(text.split())
+
+
+# --- every option's help states its default ------------------------------------------------------------
+
+
+def _options_with_defaults():
+    import argparse
+
+    from memprof.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or action.default in (None, False, argparse.SUPPRESS):
+                continue
+            yield name, action
+
+
+@pytest.mark.parametrize(
+    ("command", "action"), list(_options_with_defaults()), ids=lambda v: v if isinstance(v, str) else v.dest
+)
+def test_every_option_with_a_default_says_it_in_its_help(command, action):
+    text = action.help or ""
+    assert "default" in text, f"memprof {command} {action.option_strings}: {text!r}"
+    # the value itself, or "all" for a list option whose default is every choice (validate --tasks)
+    assert str(action.default) in text or "(default all)" in text, (
+        f"memprof {command} {action.option_strings} default {action.default!r}: {text!r}"
+    )
+
+
+def test_profile_help_says_what_train_defaults_to(capsys):
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    assert "none (default lora)" in " ".join(capsys.readouterr().out.split())

@@ -35,7 +35,7 @@ class PlanCommand:
             "--seq", type=int, default=512, help="sequence length (prompt length for infer; default 512)"
         )
         parser.add_argument(
-            "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache)"
+            "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache; default 0)"
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
@@ -52,7 +52,10 @@ class PlanCommand:
         parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per job (data parallel; default 1)")
         parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")
         parser.add_argument(
-            "--device", default="cuda", choices=("cuda", "cpu"), help="plan for the GPU table or this CPU"
+            "--device",
+            default="cuda",
+            choices=("cuda", "cpu"),
+            help="plan for the GPU table (cuda) or this CPU (default cuda)",
         )
         parser.add_argument("--no-cache", action="store_true", help="re-simulate instead of reading the disk cache")
         add_output_args(parser)

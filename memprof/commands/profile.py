@@ -43,12 +43,16 @@ class ProfileCommand:
             "--train",
             choices=("lora", "full", "none"),
             default="lora",
-            help="training step: lora (QLoRA on 4-bit), full, none",
+            help="training step: lora (QLoRA on 4-bit), full, none (default lora)",
         )
         add_lora_step_args(parser)
         parser.add_argument("--grad-checkpointing", action="store_true", help="gradient checkpointing in the step")
         budget = parser.add_mutually_exclusive_group()
-        budget.add_argument("--max-gpu-memory", metavar="SIZE", help="GPU budget for the offload plan, e.g. 15GiB")
+        budget.add_argument(
+            "--max-gpu-memory",
+            metavar="SIZE",
+            help="GPU budget for the offload plan, e.g. 15GiB (default: no offload plan)",
+        )
         budget.add_argument(
             "--gpu",
             metavar="NAME",
@@ -56,7 +60,10 @@ class ProfileCommand:
         )
         parser.add_argument("--threads", type=int, help="torch CPU threads in each worker (default: torch's)")
         parser.add_argument(
-            "--timeout", type=float, metavar="S", help="kill a setting's worker after S seconds (> 0); its row says so"
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="kill a setting's worker after S seconds (> 0); its row says so (default: no limit)",
         )
         parser.add_argument("--json", action="store_true", help="print the result JSON (same as --format json)")
         parser.add_argument("--format", choices=FORMATS, help="what to print on stdout (default: table)")
