@@ -740,6 +740,9 @@ class ComparisonRow:
     a: float | None
     b: float | None
     ratio: float | None  # b / a
+    # a timing (median, and the tokens/s and FLOP/s made from it) whose medians differ by no more than
+    # the two runs' IQRs added: run-to-run spread, not a speed-up or slow-down
+    within_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -775,6 +778,14 @@ def _describe(report: ProfileReport) -> str:
     return f"{report.model} on {report.device} ({where}), batch {report.batch} x seq {report.seq}, {report.created}"
 
 
+def _within_noise(a, b) -> bool:
+    """Whether two timed phases' medians differ by no more than their IQRs added: a difference the
+    runs' own spread explains (tokens/s and FLOP/s are the median's reciprocal, so they share it)."""
+    if getattr(a, "iqr_ms", None) is None or getattr(b, "iqr_ms", None) is None:  # load: one timing, no IQR
+        return False
+    return abs(b.median_ms - a.median_ms) <= a.iqr_ms + b.iqr_ms
+
+
 def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
     """The settings both runs measured, metric by metric, with B / A ratios."""
     b_rows = {r.setting: r for r in b.settings}
@@ -786,7 +797,11 @@ def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
         for metric in COMPARED_METRICS:
             va, vb = _metric(ra, metric), _metric(rb, metric)
             ratio = vb / va if va and vb is not None else None
-            rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio))
+            noise = ratio is not None and _within_noise(
+                getattr(ra, metric.split(".")[0]), getattr(rb, metric.split(".")[0])
+            )
+            timed = metric.split(".")[1] in ("median_ms", "tokens_per_s", "tflops")
+            rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio, within_noise=timed and noise))
     notes = []
     only = sorted({r.setting for r in a.settings} ^ set(b_rows))
     if only:

@@ -575,3 +575,48 @@ def test_profile_help_says_what_train_defaults_to(capsys):
     with pytest.raises(SystemExit):
         main(["profile", "--help"])
     assert "none (default lora)" in " ".join(capsys.readouterr().out.split())
+
+
+# --- compare: a difference within the runs' spread is marked, not called a speed-up --------------------
+
+
+def _timed_report(forward_ms: float, forward_iqr: float, train_ms: float, train_iqr: float):
+    from memprof.profile import ForwardProfile, ProfileReport, SettingProfile, TrainProfile
+
+    forward = ForwardProfile(forward_ms, forward_iqr, 8_000 / forward_ms, 10**6)
+    train = TrainProfile("lora", train_ms, train_iqr, 8_000 / train_ms, 10**9, 10**9 / train_ms / 1e9, 2 * 10**6,
+                         {"weights": 2 * 10**6}, 1000)  # fmt: skip
+    return ProfileReport(
+        model="m", device="cpu", env={}, batch=1, seq=8, repeats=10, warmup=2, train="lora",
+        settings=(SettingProfile("bf16", forward=forward, train=train),),
+    )  # fmt: skip
+
+
+def test_compare_marks_a_forward_difference_within_the_iqrs_as_noise(tmp_path, capsys):
+    from memprof.profile import compare_reports
+    from memprof.report.profile import render_compare_md
+
+    # forward: 6% apart with IQRs of a quarter of the median; train: 50% apart with IQRs of 1%
+    a, b = _timed_report(100.0, 25.0, 100.0, 1.0), _timed_report(106.0, 26.5, 150.0, 1.5)
+    rows = {r.metric: r for r in compare_reports(a, b).rows}
+    assert rows["forward.median_ms"].within_noise and rows["forward.tokens_per_s"].within_noise
+    assert not rows["train.median_ms"].within_noise and not rows["train.tflops"].within_noise
+    assert not rows["forward.peak_bytes"].within_noise  # bytes are exact: never noise
+    md = render_compare_md(compare_reports(a, b))
+    forward_line = next(line for line in md.splitlines() if "forward median" in line)
+    train_line = next(line for line in md.splitlines() if "train step median" in line)
+    assert "1.06× (within noise)" in forward_line and "noise" not in train_line
+    assert "not a speed-up or slow-down" in md
+    a.save(tmp_path / "a.json")
+    b.save(tmp_path / "b.json")
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json"]) == 0
+    saved = {r["metric"]: r["within_noise"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert saved["forward.median_ms"] is True and saved["train.median_ms"] is False
+
+
+def test_compare_without_noise_adds_no_note():
+    from memprof.profile import compare_reports
+    from memprof.report.profile import render_compare_md
+
+    a, b = _timed_report(100.0, 1.0, 100.0, 1.0), _timed_report(150.0, 1.0, 150.0, 1.0)
+    assert "noise" not in render_compare_md(compare_reports(a, b))
