@@ -25,6 +25,9 @@ from memprof.predict import predict_setting
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
 
 TARGET_PRESETS = ("attention", "mlp", "all-linear")
+# the "kind" of `memprof lora-params --json` (one rank, or --sweep), so `memprof report` re-renders it
+LORA_KIND = "memprof.lora-params"
+LORA_SWEEP_KIND = "memprof.lora-sweep"
 BIAS_MODES = ("none", "lora_only", "all")
 
 # peft 0.21.2's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING for the model types of the catalog
@@ -135,12 +138,14 @@ class LoraReport:
     peft_version: str
     notes: tuple[str, ...]
     rank_above_width: RankAboveWidth | None = None  # None: r <= min(in, out) of every adapted layer
+    kind: str = LORA_KIND
 
 
 @dataclass(frozen=True)
 class LoraSweep:
     model: str
     rows: tuple[LoraReport, ...]
+    kind: str = LORA_SWEEP_KIND
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from memprof.simulate import (
 from memprof.step import DEFAULT_LORA_R, default_alpha
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
+PLAN_KIND = "memprof.plan"  # the "kind" of `memprof plan --json`, so `memprof report` re-renders it
 MAX_SWEEP_BATCH = 1 << 20
 MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
 FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
@@ -118,6 +119,7 @@ class PlanReport:
     gpus: tuple[GpuPlan, ...]
     cheapest: str | None
     notes: tuple[str, ...] = ()
+    kind: str = PLAN_KIND
 
 
 def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, shard: str, optimizer: str) -> None:

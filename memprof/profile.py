@@ -30,6 +30,7 @@ from memprof.step import DEFAULT_LORA_R, default_alpha
 
 TRAIN_MODES = ("lora", "full", "none")
 RESULT_KIND = "memprof.profile"
+COMPARE_KIND = "memprof.compare"  # `memprof compare --json`, which `memprof report` re-renders
 RESULT_VERSION = 1
 
 
@@ -202,14 +203,25 @@ def read_result_json(path: Path) -> dict:
 
 
 def load_result(path: Path):
-    """A saved `memprof profile`, `memprof footprint --json` or `memprof validate --save` result,
-    told apart by its "kind"."""
+    """A saved `memprof profile`, `memprof footprint --json`, `memprof validate --save`, `memprof plan
+    --json` or `memprof lora-params --json` result, told apart by its "kind"."""
     from memprof.footprint import FOOTPRINT_KIND
+    from memprof.lora import LORA_KIND, LORA_SWEEP_KIND, LoraReport, LoraSweep
+    from memprof.plan import PLAN_KIND, PlanReport
     from memprof.validate import VALIDATE_KIND, ValidationReport
 
     path = Path(path)
     data = read_result_json(path)
     kind = data.get("kind")
+    decoded = {PLAN_KIND: ("plan", PlanReport), LORA_KIND: ("lora-params", LoraReport)}
+    decoded[LORA_SWEEP_KIND] = ("lora-params --sweep", LoraSweep)
+    decoded[COMPARE_KIND] = ("compare", ProfileComparison)
+    if kind in decoded:
+        command, cls = decoded[kind]
+        try:
+            return dataclass_from_json(cls, data)
+        except ResultFileError as exc:
+            raise ResultFileError(f"{path} is not a valid memprof {command} result: {exc}") from None
     if kind == RESULT_KIND:
         try:
             return ProfileReport.from_json(data)
@@ -226,10 +238,13 @@ def load_result(path: Path):
         except ResultFileError as exc:
             raise ResultFileError(f"{path} is not a valid memprof validate result: {exc}") from None
     raise ResultFileError(
-        f"{path} is not a memprof profile, footprint or validate result ({_kind_text(data)}); "
+        f"{path} is not a memprof profile, footprint, validate, plan, lora-params or compare result "
+        f"({_kind_text(data)}); "
         f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}"), '
-        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}") or '
-        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}")'
+        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}"), '
+        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}"), `memprof plan --json --out` ("kind": "{PLAN_KIND}"), '
+        f'`memprof lora-params --json --out` ("kind": "{LORA_KIND}" or "{LORA_SWEEP_KIND}") '
+        f'or `memprof compare --json --out` ("kind": "{COMPARE_KIND}")'
     )
 
 
@@ -277,6 +292,44 @@ def fields_from_json(cls, data: object, where: str = "") -> dict:
     if missing:
         raise ResultFileError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     return values
+
+
+def dataclass_from_json(cls, data: object, where: str = ""):
+    """Dataclass `cls` rebuilt from its `dataclasses.asdict` JSON, nested dataclasses and tuples
+    included; fields_from_json checks each level, so a bad file is a ResultFileError naming the field."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    values = fields_from_json(cls, data, where)
+    for f in dataclasses.fields(cls):
+        values[f.name] = _decode_value(hints[f.name], values[f.name], f"{where}.{f.name}" if where else f.name)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError):  # fields typed above; a guard, in words
+        raise ResultFileError(f"its fields do not make a {cls.__name__}") from None
+
+
+def _decode_value(annotation, value: object, where: str):
+    import types
+    import typing
+
+    if dataclasses.is_dataclass(annotation):
+        return dataclass_from_json(annotation, value, where)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        for arg in args:  # the alternative the JSON value is: a dataclass for an object, a tuple for a list
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return dataclass_from_json(arg, value, where)
+            if typing.get_origin(arg) is tuple and isinstance(value, list):
+                return _decode_value(arg, value, where)
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_decode_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    return value
 
 
 def _json_list(value: object, where: str) -> list:
@@ -751,6 +804,7 @@ class ProfileComparison:
     b_title: str
     rows: tuple[ComparisonRow, ...]
     notes: tuple[str, ...] = ()
+    kind: str = COMPARE_KIND
 
 
 COMPARED_METRICS = (

@@ -429,8 +429,9 @@ def _plan_model_dir(tmp_path, arch: str = "llama") -> str:
 
 def test_plan_gpu_is_an_alias_of_gpus(tmp_path, capsys):
     assert main(["plan", _plan_model_dir(tmp_path), "--gpu", "4090", "--seq", "64", "--json"]) == 0
-    cards = json.loads(capsys.readouterr().out)["gpus"]
-    assert [c["name"] for c in cards] == ["RTX 4090"]
+    out = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in out["gpus"]] == ["RTX 4090"]
+    assert out["kind"] == "memprof.plan"  # what `memprof report` tells it apart by
 
 
 # --- plan: one simulated plan, with a --gpu-file card whose name has a `|` and no speed or price --------
@@ -620,3 +621,66 @@ def test_compare_without_noise_adds_no_note():
 
     a, b = _timed_report(100.0, 1.0, 100.0, 1.0), _timed_report(150.0, 1.0, 150.0, 1.0)
     assert "noise" not in render_compare_md(compare_reports(a, b))
+
+
+# --- every command's JSON is a result `memprof report` re-renders ----------------------------------------
+
+
+def _report_round_trip(path, capsys, original: dict, expected: str) -> None:
+    """report FILE in every format; its --json is the file's JSON, field for field."""
+    for fmt in ("table", "md", "html"):
+        assert main(["report", str(path), "--format", fmt]) == 0, capsys.readouterr().err
+        assert expected in capsys.readouterr().out
+    assert main(["report", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == original
+
+
+def test_a_saved_plan_json_re_renders_in_every_format(plan_with_a_new_card, tmp_path, capsys):
+    from memprof.report.jsonout import render_json
+
+    path = tmp_path / "plan.json"
+    path.write_text(render_json(plan_with_a_new_card))
+    original = json.loads(path.read_text())
+    assert original["kind"] == "memprof.plan"
+    _report_round_trip(path, capsys, original, "T4")
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (["lora-params", "gpt2", "--setting", "nf4", "--dora", "--modules-to-save", "lm_head"], "memprof.lora-params"),
+        (["lora-params", "gpt2", "--sweep", "4,8"], "memprof.lora-sweep"),
+        (["footprint", "gpt2", "--settings", "fp32,nf4"], "memprof.footprint"),
+    ],
+    ids=["lora-params", "lora-sweep", "footprint"],
+)
+def test_lora_params_and_footprint_json_re_render_in_every_format(argv, kind, tmp_path, capsys):
+    path = tmp_path / "result.json"
+    assert main([*argv, "--json", "--out", str(path)]) == 0
+    capsys.readouterr()
+    original = json.loads(path.read_text())
+    assert original["kind"] == kind
+    _report_round_trip(path, capsys, original, "gpt2")
+
+
+def test_a_saved_compare_json_re_renders(tmp_path, capsys):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "cmp.json"
+    _timed_report(100.0, 25.0, 100.0, 1.0).save(a)
+    _timed_report(106.0, 26.5, 150.0, 1.5).save(b)
+    assert main(["compare", str(a), str(b), "--json", "--out", str(out)]) == 0
+    capsys.readouterr()
+    original = json.loads(out.read_text())
+    assert original["kind"] == "memprof.compare"
+    _report_round_trip(out, capsys, original, "within noise")
+
+
+def test_a_damaged_plan_json_names_the_field(plan_with_a_new_card, tmp_path, capsys):
+    from memprof.report.jsonout import to_dict
+
+    data = to_dict(plan_with_a_new_card)
+    del data["gpus"][1]["max_batch"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    assert main(["report", str(path)]) == 2
+    err = one_line_error(capsys, "report")
+    assert "not a valid memprof plan result: missing field 'gpus[1].max_batch'" in err
