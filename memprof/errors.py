@@ -57,10 +57,6 @@ class GpuFileError(MemprofError):
     """A --gpu-file that cannot be read or is not of the shape of catalog/gpus.json."""
 
 
-class UnknownGpuError(MemprofError):
-    """A GPU name (plan --gpus/--gpu, profile --gpu) that means no card of the table, or several."""
-
-
 class PlanOptionError(MemprofError):
     """A `memprof plan` option out of range or a combination it cannot plan (unknown task or GPU, full on nf4)."""
 

@@ -286,7 +286,7 @@ def _select_gpus(names: tuple[str, ...] | None, table: tuple[catalog.Gpu, ...]) 
         return table
     chosen = []
     for name in names:
-        gpu = catalog.lookup_gpu(name, table, hint="add yours with --gpu-file")
+        gpu = catalog.lookup_gpu(name, table, error=PlanOptionError, hint="add yours with --gpu-file")
         if gpu not in chosen:
             chosen.append(gpu)
     return tuple(chosen)

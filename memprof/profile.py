@@ -441,7 +441,8 @@ def parse_bytes(text: str) -> int:
 
 def gpu_budget(gpu: str) -> tuple[str, int]:
     """A catalog GPU's name and total memory, for --gpu (names as `plan --gpus` takes them)."""
-    card = catalog.lookup_gpu(gpu, hint="or give a budget with --max-gpu-memory, e.g. 15GiB")
+    hint = "or give a budget with --max-gpu-memory, e.g. 15GiB"
+    card = catalog.lookup_gpu(gpu, error=ProfileOptionError, hint=hint)
     return card.name, card.memory_bytes
 
 

@@ -281,18 +281,17 @@ def find_gpu(name: str, table: tuple[Gpu, ...] | None = None) -> Gpu | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def lookup_gpu(name: str, table: tuple[Gpu, ...] | None = None, *, hint: str = "") -> Gpu:
-    """find_gpu, or UnknownGpuError in one line: the cards it could mean, or the known ones (+ `hint`)."""
-    from memprof.errors import UnknownGpuError
-
+def lookup_gpu(name: str, table: tuple[Gpu, ...] | None = None, *, error: type[Exception], hint: str = "") -> Gpu:
+    """find_gpu, or `error` (the command's option error) in one line: the cards the name could mean,
+    or the known ones (+ `hint`)."""
     table = gpus() if table is None else table
     matches = _gpu_matches(name, table)
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise UnknownGpuError(f"GPU {name!r} could be {' or '.join(g.name for g in matches)}; give one of them")
+        raise error(f"GPU {name!r} could be {' or '.join(g.name for g in matches)}; give one of them")
     known = ", ".join(g.name for g in table)
-    raise UnknownGpuError(f"unknown GPU {name!r}; known: {known}" + (f" ({hint})" if hint else ""))
+    raise error(f"unknown GPU {name!r}; known: {known}" + (f" ({hint})" if hint else ""))
 
 
 def gpu_for_device_name(device_name: str | None, table: tuple[Gpu, ...] | None = None) -> Gpu | None:
