@@ -168,6 +168,9 @@ class _Counted:
 # Parsing user input
 
 
+MAX_RANK = 1 << 24  # above the widest dimension of any model (vocabularies reach ~256k)
+
+
 def parse_rank(text: str | int) -> int:
     """'32' -> 32; a rank is a positive integer."""
     try:
@@ -176,6 +179,8 @@ def parse_rank(text: str | int) -> int:
         raise LoraConfigError(f"rank must be a positive integer, not {text!r} (e.g. --r 16)") from None
     if value <= 0:
         raise LoraConfigError(f"rank must be a positive integer, not {value} (e.g. --r 16)")
+    if value > MAX_RANK:  # past every layer's width, and sizes past it overflow torch's int64 shapes
+        raise LoraConfigError(f"rank {value} is above {MAX_RANK:,}, wider than any layer (e.g. --r 16)")
     return value
 
 

@@ -127,6 +127,10 @@ def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus: int, sha
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
+    if batch > MAX_SWEEP_BATCH or seq > MAX_SWEEP_SEQ:  # the sweeps' own bounds; far past any GPU's memory
+        raise PlanOptionError(
+            f"--batch and --seq must be at most {MAX_SWEEP_BATCH:,} and {MAX_SWEEP_SEQ:,} (got batch {batch:,}, seq {seq:,})"
+        )
     if num_gpus < 1:
         raise PlanOptionError(f"--num-gpus must be at least 1 (got {num_gpus})")
     if shard not in SHARDS:
@@ -327,6 +331,8 @@ def plan(
     _check(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
     if new_tokens < 0:
         raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
+    if new_tokens > MAX_SWEEP_SEQ:
+        raise PlanOptionError(f"--new-tokens must be at most {MAX_SWEEP_SEQ:,} (got {new_tokens:,})")
     table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))
 
     resolved = resolve_model(model, allow_download=allow_download)

@@ -331,6 +331,11 @@ def test_python_footprint_rejects_a_device_without_measure():
         (["compare", "a.json"], "the following arguments are required: B"),
         (["report"], "the following arguments are required"),
         (["lora-params", "gpt2", "--r", "abc"], "rank must be a positive integer, not 'abc'"),
+        # values argparse takes but torch's int64 shapes could not: refused before any work
+        (["plan", "gpt2", "--lora-r", "99999999999999999999"], "rank 99999999999999999999 is above 16,777,216"),
+        (["lora-params", "gpt2", "--r", "16777217"], "rank 16777217 is above 16,777,216"),
+        (["plan", "gpt2", "--batch", "99999999999999999999"], "--batch and --seq must be at most 1,048,576"),
+        (["plan", "bloom-1b7", "--task", "infer", "--new-tokens", "99999999999999999999"], "--new-tokens must be at"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
