@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from rich.console import Console
@@ -14,13 +15,49 @@ from memprof.commands import COMMANDS
 from memprof.errors import MemprofError
 
 
+class UsageError(Exception):
+    """A command line argparse cannot parse; main() prints it as one line and returns 2."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+_KINDS = {"int": "a whole number", "float": "a number"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an unparsable command line is one line (what was wrong, what would work), not the
+    usage block: error() raises UsageError for main() instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(self.prog, self._explain(message))
+
+    def _explain(self, message: str) -> str:
+        # argparse says "argument --r: invalid int value: 'abc'": name the kind of value wanted and
+        # show one that works (the option's default where it has one).
+        m = re.fullmatch(r"argument (\S+): invalid (\w+) value: (.*)", message)
+        if m and m.group(2) in _KINDS:
+            names, value = m.group(1), m.group(3)
+            flag = names.split("/")[0]
+            example = next((a.default for a in self._actions if flag in a.option_strings), None)
+            example = example if isinstance(example, (int, float)) and not isinstance(example, bool) else 1
+            return f"{flag} wants {_KINDS[m.group(2)]}, not {value} (e.g. {flag} {example})"
+        m = re.fullmatch(r"argument (\S+): expected one argument", message)
+        if m:
+            return f"{m.group(1).split('/')[0]} needs a value after it (see `{self.prog} --help`)"
+        if "(choose from" in message:  # argparse already lists what would work
+            return message
+        return f"{message} (see `{self.prog} --help`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="memprof",
         description="Memory and speed of Hugging Face causal LMs: exact from the config, proven by measuring.",
     )
     parser.add_argument("--version", action="version", version=f"memprof {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         doc = (type(command).__doc__ or command.__module__ and sys.modules[command.__module__].__doc__ or "").strip()
         p = sub.add_parser(command.name, help=command.help, description=doc or command.help)
@@ -39,7 +76,16 @@ def make_console() -> Console:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            # name the command the options were given to, not bare `memprof`
+            command = getattr(args, "_command", None)
+            prog = f"memprof {command.name}" if command is not None else "memprof"
+            raise UsageError(prog, f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)")
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
     if getattr(args, "_command", None) is None:
         parser.print_help()
         return 2

@@ -25,6 +25,9 @@ from memprof.predict import kbit_training_cast, predict_setting
 from memprof.settings import DTYPE_BYTES, Setting, get_setting
 
 TARGET_PRESETS = ("attention", "mlp", "all-linear")
+# the "kind" of `memprof lora-params --json` (one rank, or --sweep), so `memprof report` re-renders it
+LORA_KIND = "memprof.lora-params"
+LORA_SWEEP_KIND = "memprof.lora-sweep"
 BIAS_MODES = ("none", "lora_only", "all")
 
 # peft 0.21.2's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING for the model types of the catalog
@@ -141,12 +144,14 @@ class LoraReport:
     peft_version: str
     notes: tuple[str, ...]
     rank_above_width: RankAboveWidth | None = None  # None: r <= min(in, out) of every adapted layer
+    kind: str = LORA_KIND
 
 
 @dataclass(frozen=True)
 class LoraSweep:
     model: str
     rows: tuple[LoraReport, ...]
+    kind: str = LORA_SWEEP_KIND
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,9 @@ class _Counted:
 # Parsing user input
 
 
+MAX_RANK = 1 << 24  # above the widest dimension of any model (vocabularies reach ~256k)
+
+
 def parse_rank(text: str | int) -> int:
     """'32' -> 32; a rank is a positive integer."""
     try:
@@ -177,6 +185,8 @@ def parse_rank(text: str | int) -> int:
         raise LoraConfigError(f"rank must be a positive integer, not {text!r} (e.g. --r 16)") from None
     if value <= 0:
         raise LoraConfigError(f"rank must be a positive integer, not {value} (e.g. --r 16)")
+    if value > MAX_RANK:  # past every layer's width, and sizes past it overflow torch's int64 shapes
+        raise LoraConfigError(f"rank {value} is above {MAX_RANK:,}, wider than any layer (e.g. --r 16)")
     return value
 
 

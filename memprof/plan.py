@@ -60,6 +60,7 @@ SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 # What --num-gpus auto tries, smallest first: cloud instances hold 1, 2, 4 or 8 cards, and beyond
 # one node jobs take whole nodes of 8.
 AUTO_GPU_COUNTS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
+PLAN_KIND = "memprof.plan"  # the "kind" of `memprof plan --json`, so `memprof report` re-renders it
 MAX_SWEEP_BATCH = 1 << 20
 MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
 FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
@@ -160,6 +161,7 @@ class PlanReport:
     num_gpus_auto: bool = False  # --num-gpus auto: every row has the fewest cards that fit (AUTO_GPU_COUNTS)
     notes: tuple[str, ...] = ()  # the assumptions behind the answer, short: shown under the table
     details: tuple[str, ...] = ()  # how every number is made: `plan --verbose`, Markdown, HTML, JSON
+    kind: str = PLAN_KIND
 
 
 def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: str, optimizer: str) -> None:
@@ -167,6 +169,10 @@ def _check(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: s
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
+    if batch > MAX_SWEEP_BATCH or seq > MAX_SWEEP_SEQ:  # the sweeps' own bounds; far past any GPU's memory
+        raise PlanOptionError(
+            f"--batch and --seq must be at most {MAX_SWEEP_BATCH:,} and {MAX_SWEEP_SEQ:,} (got batch {batch:,}, seq {seq:,})"
+        )
     if num_gpus != "auto" and num_gpus < 1:
         raise PlanOptionError(f"--num-gpus must be at least 1 or auto (got {num_gpus})")
     if shard not in SHARDS:
@@ -326,10 +332,7 @@ def _select_gpus(names: tuple[str, ...] | None, table: tuple[catalog.Gpu, ...]) 
         return table
     chosen = []
     for name in names:
-        gpu = catalog.find_gpu(name, table)
-        if gpu is None:
-            known = ", ".join(g.name for g in table)
-            raise PlanOptionError(f"unknown GPU {name!r}; known: {known} (add yours with --gpu-file)")
+        gpu = catalog.lookup_gpu(name, table, error=PlanOptionError, hint="add yours with --gpu-file")
         if gpu not in chosen:
             chosen.append(gpu)
     return tuple(chosen)
@@ -390,6 +393,8 @@ def plan(
     weights_setting = replace(chosen_setting, dtype=weights_dtype(chosen_setting.dtype, precision))
     if new_tokens < 0:
         raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
+    if new_tokens > MAX_SWEEP_SEQ:
+        raise PlanOptionError(f"--new-tokens must be at most {MAX_SWEEP_SEQ:,} (got {new_tokens:,})")
     table = (_cpu_as_gpu(),) if device == "cpu" else _select_gpus(gpus, catalog.gpus_with(gpu_file))
 
     resolved = resolve_model(model, allow_download=allow_download)
@@ -500,10 +505,11 @@ def plan(
         max_batch = _max_int(lambda b, cap=budget, n=n: total_at(b, seq, n) <= cap, MAX_SWEEP_BATCH)
         max_seq = max_seq_under(budget, n)
         step_s = bound = usd_h = usd_m = None
-        if gpu.bf16_dense_tflops > 0:
+        if gpu.bf16_dense_tflops > 0 and gpu.memory_bandwidth_gbs > 0:  # 0.0: unknown (catalog.Gpu)
             step_s, bound = _roofline_s(fitted.direct.flops, breakdown, gpu, task, spec.new_tokens)
-            usd_h = gpu.usd_per_hour * n
-            usd_m = usd_h / 3600 * step_s / tokens * 1e6
+            if gpu.usd_per_hour > 0:
+                usd_h = gpu.usd_per_hour * n
+                usd_m = usd_h / 3600 * step_s / tokens * 1e6
         rows.append(
             GpuPlan(
                 name=gpu.name,

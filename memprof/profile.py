@@ -30,6 +30,7 @@ from memprof.step import DEFAULT_LORA_R, check_precision, default_alpha, resolve
 
 TRAIN_MODES = ("lora", "full", "none")
 RESULT_KIND = "memprof.profile"
+COMPARE_KIND = "memprof.compare"  # `memprof compare --json`, which `memprof report` re-renders
 RESULT_VERSION = 1
 
 
@@ -124,7 +125,7 @@ class ProfileReport:
     settings: tuple[SettingProfile, ...]
     weights: str = ""
     lora_r: int | None = None
-    lora_alpha: int | None = None
+    lora_alpha: float | None = None  # peft takes any positive number (--alpha 12.5)
     target: tuple[str, ...] | str | None = None  # LoRA target_modules as resolved: names, "all-linear", None
     # as asked: None is each setting's default (on for QLoRA settings); TrainProfile.grad_checkpointing
     # holds what each setting's step ran with
@@ -208,14 +209,25 @@ def read_result_json(path: Path) -> dict:
 
 
 def load_result(path: Path):
-    """A saved `memprof profile`, `memprof footprint --json` or `memprof validate --save` result,
-    told apart by its "kind"."""
+    """A saved `memprof profile`, `memprof footprint --json`, `memprof validate --save`, `memprof plan
+    --json` or `memprof lora-params --json` result, told apart by its "kind"."""
     from memprof.footprint import FOOTPRINT_KIND
+    from memprof.lora import LORA_KIND, LORA_SWEEP_KIND, LoraReport, LoraSweep
+    from memprof.plan import PLAN_KIND, PlanReport
     from memprof.validate import VALIDATE_KIND, ValidationReport
 
     path = Path(path)
     data = read_result_json(path)
     kind = data.get("kind")
+    decoded = {PLAN_KIND: ("plan", PlanReport), LORA_KIND: ("lora-params", LoraReport)}
+    decoded[LORA_SWEEP_KIND] = ("lora-params --sweep", LoraSweep)
+    decoded[COMPARE_KIND] = ("compare", ProfileComparison)
+    if kind in decoded:
+        command, cls = decoded[kind]
+        try:
+            return dataclass_from_json(cls, data)
+        except ResultFileError as exc:
+            raise ResultFileError(f"{path} is not a valid memprof {command} result: {exc}") from None
     if kind == RESULT_KIND:
         try:
             return ProfileReport.from_json(data)
@@ -232,10 +244,13 @@ def load_result(path: Path):
         except ResultFileError as exc:
             raise ResultFileError(f"{path} is not a valid memprof validate result: {exc}") from None
     raise ResultFileError(
-        f"{path} is not a memprof profile, footprint or validate result ({_kind_text(data)}); "
+        f"{path} is not a memprof profile, footprint, validate, plan, lora-params or compare result "
+        f"({_kind_text(data)}); "
         f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}"), '
-        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}") or '
-        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}")'
+        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}"), '
+        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}"), `memprof plan --json --out` ("kind": "{PLAN_KIND}"), '
+        f'`memprof lora-params --json --out` ("kind": "{LORA_KIND}" or "{LORA_SWEEP_KIND}") '
+        f'or `memprof compare --json --out` ("kind": "{COMPARE_KIND}")'
     )
 
 
@@ -283,6 +298,44 @@ def fields_from_json(cls, data: object, where: str = "") -> dict:
     if missing:
         raise ResultFileError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     return values
+
+
+def dataclass_from_json(cls, data: object, where: str = ""):
+    """Dataclass `cls` rebuilt from its `dataclasses.asdict` JSON, nested dataclasses and tuples
+    included; fields_from_json checks each level, so a bad file is a ResultFileError naming the field."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    values = fields_from_json(cls, data, where)
+    for f in dataclasses.fields(cls):
+        values[f.name] = _decode_value(hints[f.name], values[f.name], f"{where}.{f.name}" if where else f.name)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError):  # fields typed above; a guard, in words
+        raise ResultFileError(f"its fields do not make a {cls.__name__}") from None
+
+
+def _decode_value(annotation, value: object, where: str):
+    import types
+    import typing
+
+    if dataclasses.is_dataclass(annotation):
+        return dataclass_from_json(annotation, value, where)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        for arg in args:  # the alternative the JSON value is: a dataclass for an object, a tuple for a list
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return dataclass_from_json(arg, value, where)
+            if typing.get_origin(arg) is tuple and isinstance(value, list):
+                return _decode_value(arg, value, where)
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_decode_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    return value
 
 
 def _json_list(value: object, where: str) -> list:
@@ -393,21 +446,15 @@ def parse_bytes(text: str) -> int:
 
 
 def gpu_budget(gpu: str) -> tuple[str, int]:
-    """A catalog GPU's name and total memory, for --gpu."""
-    for card in catalog.gpus():
-        if card.name.lower() == gpu.strip().lower():
-            return card.name, card.memory_bytes
-    names = ", ".join(c.name for c in catalog.gpus())
-    raise ProfileOptionError(f"unknown GPU {gpu!r}; use one of {names}")
+    """A catalog GPU's name and total memory, for --gpu (names as `plan --gpus` takes them)."""
+    hint = "or give a budget with --max-gpu-memory, e.g. 15GiB"
+    card = catalog.lookup_gpu(gpu, error=ProfileOptionError, hint=hint)
+    return card.name, card.memory_bytes
 
 
 def catalog_gpu_for(device_name: str | None) -> catalog.Gpu | None:
     """The catalog card a CUDA device name is ('NVIDIA H100 80GB HBM3' -> H100 80GB), or None."""
-    if not device_name:
-        return None
-    name = device_name.lower()
-    matches = [g for g in catalog.gpus() if all(tok in name for tok in g.name.lower().split())]
-    return max(matches, key=lambda g: len(g.name), default=None)
+    return catalog.gpu_for_device_name(device_name)
 
 
 def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, cpu_bytes: int | None = None) -> dict:
@@ -553,8 +600,10 @@ def _check_options(
                 f"--train full cannot train quantized weights ({', '.join(quantized)}); "
                 "use --train lora for those, or --settings fp32,bf16 with --train full"
             )
-    limit = config.get("max_position_embeddings") or config.get("n_positions")
-    if isinstance(limit, int) and seq > limit:
+    from memprof.simulate import max_positions  # the one rule for every config's position limit (MPT too)
+
+    limit = max_positions(config)
+    if limit is not None and seq > limit:
         raise ProfileOptionError(f"--seq {seq} is longer than the model's {limit} positions; use --seq <= {limit}")
 
 
@@ -763,6 +812,9 @@ class ComparisonRow:
     a: float | None
     b: float | None
     ratio: float | None  # b / a
+    # a timing (median, and the tokens/s and FLOP/s made from it) whose medians differ by no more than
+    # the two runs' IQRs added: run-to-run spread, not a speed-up or slow-down
+    within_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -771,6 +823,7 @@ class ProfileComparison:
     b_title: str
     rows: tuple[ComparisonRow, ...]
     notes: tuple[str, ...] = ()
+    kind: str = COMPARE_KIND
 
 
 COMPARED_METRICS = (
@@ -798,6 +851,14 @@ def _describe(report: ProfileReport) -> str:
     return f"{report.model} on {report.device} ({where}), batch {report.batch} x seq {report.seq}, {report.created}"
 
 
+def _within_noise(a, b) -> bool:
+    """Whether two timed phases' medians differ by no more than their IQRs added: a difference the
+    runs' own spread explains (tokens/s and FLOP/s are the median's reciprocal, so they share it)."""
+    if getattr(a, "iqr_ms", None) is None or getattr(b, "iqr_ms", None) is None:  # load: one timing, no IQR
+        return False
+    return abs(b.median_ms - a.median_ms) <= a.iqr_ms + b.iqr_ms
+
+
 def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
     """The settings both runs measured, metric by metric, with B / A ratios."""
     b_rows = {r.setting: r for r in b.settings}
@@ -809,7 +870,11 @@ def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
         for metric in COMPARED_METRICS:
             va, vb = _metric(ra, metric), _metric(rb, metric)
             ratio = vb / va if va and vb is not None else None
-            rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio))
+            noise = ratio is not None and _within_noise(
+                getattr(ra, metric.split(".")[0]), getattr(rb, metric.split(".")[0])
+            )
+            timed = metric.split(".")[1] in ("median_ms", "tokens_per_s", "tflops")
+            rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio, within_noise=timed and noise))
     notes = []
     only = sorted({r.setting for r in a.settings} ^ set(b_rows))
     if only:

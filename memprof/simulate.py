@@ -157,11 +157,38 @@ class Simulation:
 # depth
 
 
+def _layer_key(config: dict) -> tuple[str, int]:
+    """The config.json key of the decoder layer count, and the count. transformers' config class says
+    which key its `num_hidden_layers` is (attribute_map: MPT n_layers, GPT-2 n_layer); a key the
+    config omits takes the class default, as transformers would build it."""
+    from transformers import CONFIG_MAPPING
+
+    from memprof.errors import ConfigError
+
+    model_type = config.get("model_type")
+    try:
+        config_class = CONFIG_MAPPING[model_type]
+    except KeyError:
+        config_class = None
+    key = (config_class.attribute_map if config_class else {}).get("num_hidden_layers", "num_hidden_layers")
+    if key in config:
+        return key, int(config[key])
+    for other in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):  # configs of remote code
+        if other in config:
+            return other, int(config[other])
+    if config_class is not None:
+        with contextlib.suppress(Exception):  # a config transformers cannot build has no default either
+            values = {k: v for k, v in config.items() if k != "model_type"}
+            built = config_class(**values)
+            return key, int(built.num_hidden_layers)
+    raise ConfigError(
+        f"cannot tell the layer count of this {model_type or 'unknown'} config: it has none of "
+        "num_hidden_layers, n_layer, n_layers, num_layers, and transformers' config class gives no default"
+    )
+
+
 def layer_count(config: dict) -> int:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in config:
-            return int(config[key])
-    raise KeyError("config has no layer count")
+    return _layer_key(config)[1]
 
 
 def layer_period(config: dict) -> int:
@@ -178,9 +205,7 @@ def layer_period(config: dict) -> int:
 def with_layers(config: dict, layers: int) -> dict:
     """The config with `layers` decoder layers (and `layer_types` cut to match)."""
     out = dict(config)
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in out:
-            out[key] = layers
+    out[_layer_key(config)[0]] = layers
     if out.get("layer_types"):
         types = list(out["layer_types"])
         out["layer_types"] = [types[i % len(types)] for i in range(layers)]
@@ -895,7 +920,7 @@ def check_point(points: tuple[tuple[int, int], ...]) -> tuple[int, int]:
 
 def max_positions(config: dict) -> int | None:
     """The longest sequence (prompt + generated tokens) the model is defined for; None if unbounded (ALiBi)."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "max_seq_len"):  # MPT
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
@@ -1027,8 +1052,12 @@ def _peak_error(fitted: Simulation, direct: Simulation) -> int:
 
 
 def _versions() -> dict:
-    out = {"format": SIM_FORMAT}
-    for dist in ("torch", "transformers", "peft"):
+    """What a cached simulation depends on besides config and spec: memprof's own code (its version)
+    and every library whose modules the step runs (bitsandbytes: the quantized settings' layers)."""
+    import memprof  # at call time: the package is loaded by then, and its __init__ imports this module
+
+    out = {"format": SIM_FORMAT, "memprof": memprof.__version__}
+    for dist in ("torch", "transformers", "peft", "bitsandbytes"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

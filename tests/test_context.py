@@ -63,3 +63,19 @@ def test_without_a_gpu_the_command_is_one_line_and_exit_2(capsys):
     assert main(["gpus", "--measure-context"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs a CUDA GPU" in err
+
+
+def test_the_entry_printed_for_a_card_outside_the_catalog_is_one_plan_takes(tmp_path):
+    from memprof import catalog
+    from memprof.report.catalog import render_context_md
+
+    ctx = _measured(500 * MIB, catalog_name=None)
+    ctx = CudaContext(**{**ctx.__dict__, "device_name": "NVIDIA Quux 9000"})
+    printed = next(line for line in render_context_md(ctx).splitlines() if '{"gpus"' in line)
+    entry = printed[printed.index('{"gpus"') : printed.rindex("}") + 1]
+    gpu_file = tmp_path / "gpus.json"
+    gpu_file.write_text(entry)
+    (card,) = catalog.gpus(gpu_file)  # the --gpu-file loader plan uses
+    assert card.name == "NVIDIA Quux 9000" and card.context_bytes == 500 * MIB
+    assert card.memory_bytes == 80 * 1024 * MIB and card.context_label == "measured"
+    assert card in catalog.gpus_with(gpu_file)

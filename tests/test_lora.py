@@ -360,7 +360,8 @@ def test_json_has_the_documented_shape(capsys):
 def test_sweep_json_is_model_and_rows(capsys):
     assert main(["lora-params", "gpt2", "--sweep", "8,64", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"model", "rows"} and data["model"] == "openai-community/gpt2"
+    assert set(data) == {"kind", "model", "rows"} and data["kind"] == "memprof.lora-sweep"
+    assert data["model"] == "openai-community/gpt2"
     assert [row["r"] for row in data["rows"]] == [8, 64]
     assert data["rows"][1]["trainable_params"] == 8 * data["rows"][0]["trainable_params"]
 

@@ -397,7 +397,9 @@ def _report_cli(tmp_path, capsys, content: bytes | str) -> tuple[int, str]:
         ('{"kind": "memprof.profile"}', "missing fields 'model', 'device', 'env'"),
         ('{"kind": "memprof.footprint"}', "'settings'"),
         ('{"model": "m", "r": 8, "trainable_params": 3584}', 'it has no "kind"'),
-        ('{"kind": "memprof.lora-params"}', "is not a memprof profile, footprint or validate result"),
+        ('{"kind": "memprof.lora-params"}', "not a valid memprof lora-params result: missing fields 'model', 'r'"),
+        ('{"kind": "memprof.plan"}', "not a valid memprof plan result: missing fields 'model'"),
+        ('{"kind": "memprof.nothing"}', "is not a memprof profile, footprint, validate, plan, lora-params or compare"),
     ],
 )
 def test_report_of_a_file_that_is_not_a_result_is_one_line_in_words_and_exit_2(tmp_path, capsys, content, message):
@@ -575,9 +577,9 @@ def test_compare_formats_each_metric_consistently_with_readable_labels():
     b = dataclasses.replace(a, settings=(dataclasses.replace(a.settings[0], load=slower),))
     text = render_compare_md(compare_reports(a, b))
     assert "| bf16 | load time (s) | 1,234.50 | 677.76 | 0.549× |" in text
-    assert "| bf16 | forward median (ms) | 12,345.68 | 12,345.68 | 1.00× |" in text
+    assert "| bf16 | forward median (ms) | 12,345.68 | 12,345.68 | 1.00× (within noise) |" in text
     assert "| bf16 | train peak | 3.73 GiB | 3.73 GiB | 1.00× |" in text
-    assert "| bf16 | train FLOP/s | 457 TFLOP/s | 457 TFLOP/s | 1.00× |" in text
+    assert "| bf16 | train FLOP/s | 457 TFLOP/s | 457 TFLOP/s | 1.00× (within noise) |" in text
     assert "load.load_s" not in text and "e+" not in text and "e-" not in text
 
 

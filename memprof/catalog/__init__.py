@@ -35,7 +35,8 @@ class CatalogModel:
 class Gpu:
     """One GPU model. memory_bytes is the total the driver reports; usable_bytes leaves out the CUDA
     context (a per-card constant in gpus.json; `context_measured` says whether memprof measured it,
-    `context_given` that a user's --gpu-file gave it)."""
+    `context_given` that a user's --gpu-file gave it). A speed or price of 0.0 is unknown (a --gpu-file
+    card that did not give it): plan then estimates no step time or cost for the card."""
 
     name: str
     memory_bytes: int
@@ -85,15 +86,11 @@ def find_catalog_model(name: str) -> CatalogModel | None:
     return None
 
 
-GPU_REQUIRED_FIELDS = (
-    "name",
-    "memory_mib",
-    "context_mib",
-    "bf16_dense_tflops",
-    "memory_bandwidth_gbs",
-    "usd_per_hour",
-)
-GPU_OPTIONAL_FIELDS = ("context_measured", "tier_gb", "note")
+GPU_REQUIRED_FIELDS = ("name", "memory_mib", "context_mib")
+# Optional for a new card, so that what `memprof gpus --measure-context` prints for any card is an entry
+# plan takes: without them (0.0 in Gpu: unknown) plan fits memory but estimates no step time or cost.
+GPU_SPEED_FIELDS = ("bf16_dense_tflops", "memory_bandwidth_gbs", "usd_per_hour")
+GPU_OPTIONAL_FIELDS = (*GPU_SPEED_FIELDS, "context_measured", "tier_gb", "note")
 GPU_FILE_EXAMPLE = (
     '{"gpus": [{"name": "T4", "usd_per_hour": 0.25}, {"name": "My card", "memory_mib": 49152, "context_mib": 512, '
     '"bf16_dense_tflops": 180, "memory_bandwidth_gbs": 960, "usd_per_hour": 1.2}]}'
@@ -261,15 +258,48 @@ def gpus_with(user_file: Path | None = None) -> tuple[Gpu, ...]:
     return tuple(table)
 
 
-def find_gpu(name: str, table: tuple[Gpu, ...]) -> Gpu | None:
-    """Match a GPU by name, case-insensitively, ignoring spaces ("h100 80gb", "H100-80GB")."""
-
-    def norm(text: str) -> str:
-        return "".join(ch for ch in text.lower() if ch.isalnum())
-
-    key = norm(name)
-    exact = [g for g in table if norm(g.name) == key]
+def _gpu_matches(name: str, table: tuple[Gpu, ...]) -> list[Gpu]:
+    """The cards `name` may mean: the one whose name it is (case, spaces and dashes ignored), else every
+    card whose name has a word starting with it ("h100" -> H100 80GB, "4090" -> RTX 4090)."""
+    key = _norm_gpu_name(name)
+    if not key:
+        return []
+    exact = [g for g in table if _norm_gpu_name(g.name) == key]
     if exact:
-        return exact[0]
-    prefix = [g for g in table if norm(g.name).startswith(key)]
-    return prefix[0] if len(prefix) == 1 else None
+        return exact[:1]
+    return [
+        g
+        for g in table
+        if any(_norm_gpu_name(" ".join(g.name.split()[i:])).startswith(key) for i in range(len(g.name.split())))
+    ]
+
+
+def find_gpu(name: str, table: tuple[Gpu, ...] | None = None) -> Gpu | None:
+    """The card a user's GPU name means in `table` (default: the shipped one), or None if it means none
+    or several. The one rule for GPU names on every command (plan --gpus/--gpu, profile --gpu)."""
+    matches = _gpu_matches(name, gpus() if table is None else table)
+    return matches[0] if len(matches) == 1 else None
+
+
+def lookup_gpu(name: str, table: tuple[Gpu, ...] | None = None, *, error: type[Exception], hint: str = "") -> Gpu:
+    """find_gpu, or `error` (the command's option error) in one line: the cards the name could mean,
+    or the known ones (+ `hint`)."""
+    table = gpus() if table is None else table
+    matches = _gpu_matches(name, table)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise error(f"GPU {name!r} could be {' or '.join(g.name for g in matches)}; give one of them")
+    known = ", ".join(g.name for g in table)
+    raise error(f"unknown GPU {name!r}; known: {known}" + (f" ({hint})" if hint else ""))
+
+
+def gpu_for_device_name(device_name: str | None, table: tuple[Gpu, ...] | None = None) -> Gpu | None:
+    """The card a CUDA device name is ('NVIDIA H100 80GB HBM3' -> H100 80GB), or None: the longest
+    card name whose every word is in the device name (so "H100 80GB" wins over a bare "H100")."""
+    if not device_name:
+        return None
+    words = device_name.lower()
+    table = gpus() if table is None else table
+    matches = [g for g in table if all(tok in words for tok in g.name.lower().split())]
+    return max(matches, key=lambda g: len(g.name), default=None)

@@ -22,9 +22,9 @@ from memprof.report.catalog import (
 GPU_FILE_HELP = (
     'JSON file of cards to add or override: {"gpus": [ENTRY, ...]}. An entry named like a shipped card (see '
     '`memprof gpus`) changes only the fields it gives, e.g. {"name": "T4", "usd_per_hour": 0.25}; any '
-    "other name is a new card and needs name, memory_mib, context_mib (CUDA context in MiB), "
-    "bf16_dense_tflops, memory_bandwidth_gbs and usd_per_hour: finite numbers > 0 (context_mib may be 0). Optional: "
-    "context_measured (true/false), tier_gb, note"
+    "other name is a new card and needs name, memory_mib and context_mib (CUDA context in MiB; may be 0). "
+    "Optional: bf16_dense_tflops, memory_bandwidth_gbs and usd_per_hour (without them plan estimates no step time "
+    "or cost for the card), context_measured (true/false), tier_gb, note. Numbers: finite and > 0"
 )
 
 

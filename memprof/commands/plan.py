@@ -52,13 +52,20 @@ class PlanCommand:
             "--seq", type=int, default=512, help="sequence length (prompt length for infer; default 512)"
         )
         parser.add_argument(
-            "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache)"
+            "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache; default 0)"
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
         add_grad_checkpointing_arg(parser)
         add_precision_arg(parser)
-        parser.add_argument("--gpus", type=_gpu_list, metavar="LIST", help="comma list of GPU names (default: all)")
+        parser.add_argument(
+            "--gpus",
+            "--gpu",
+            dest="gpus",
+            type=_gpu_list,
+            metavar="LIST",
+            help="comma list of GPU names as `memprof gpus` lists them, or a unique part (h100, 4090); default: all",
+        )
         parser.add_argument("--gpu-file", type=Path, metavar="FILE", help=GPU_FILE_HELP)
         parser.add_argument(
             "--num-gpus",
@@ -69,7 +76,10 @@ class PlanCommand:
         )
         parser.add_argument("--shard", default="none", help=f"one of {', '.join(SHARDS)} (default none)")
         parser.add_argument(
-            "--device", default="cuda", choices=("cuda", "cpu"), help="plan for the GPU table or this CPU"
+            "--device",
+            default="cuda",
+            choices=("cuda", "cpu"),
+            help="plan for the GPU table (cuda) or this CPU (default cuda)",
         )
         parser.add_argument("--no-cache", action="store_true", help="re-simulate instead of reading the disk cache")
         parser.add_argument(

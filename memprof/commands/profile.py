@@ -51,17 +51,28 @@ class ProfileCommand:
             "--train",
             choices=("lora", "full", "none"),
             default="lora",
-            help="training step: lora (QLoRA on 4-bit), full, none",
+            help="training step: lora (QLoRA on 4-bit), full, none (default lora)",
         )
         add_lora_step_args(parser)
         add_grad_checkpointing_arg(parser)
         add_precision_arg(parser)
         budget = parser.add_mutually_exclusive_group()
-        budget.add_argument("--max-gpu-memory", metavar="SIZE", help="GPU budget for the offload plan, e.g. 15GiB")
-        budget.add_argument("--gpu", metavar="NAME", help="GPU budget = a catalog card's memory, e.g. T4")
+        budget.add_argument(
+            "--max-gpu-memory",
+            metavar="SIZE",
+            help="GPU budget for the offload plan, e.g. 15GiB (default: no offload plan)",
+        )
+        budget.add_argument(
+            "--gpu",
+            metavar="NAME",
+            help="GPU budget = a catalog card's memory (names as `memprof plan --gpus`, e.g. T4, h100)",
+        )
         parser.add_argument("--threads", type=int, help="torch CPU threads in each worker (default: torch's)")
         parser.add_argument(
-            "--timeout", type=float, metavar="S", help="kill a setting's worker after S seconds (> 0); its row says so"
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="kill a setting's worker after S seconds (> 0); its row says so (default: no limit)",
         )
         parser.add_argument("--json", action="store_true", help="print the result JSON (same as --format json)")
         parser.add_argument("--format", choices=FORMATS, help="what to print on stdout (default: table)")
@@ -120,6 +131,7 @@ class ProfileCommand:
     def _profile(self, args: argparse.Namespace, budget, out: Path):
         """Run the library function, with a progress line on stderr when it is a terminal."""
         from memprof.profile import profile
+        from memprof.settings import parse_settings
 
         err = Console(stderr=True)
         progress = None
@@ -134,7 +146,7 @@ class ProfileCommand:
                 console=err,
                 transient=True,
             )
-            total = len(args.settings.split(",")) if args.settings else 5
+            total = len(parse_settings(args.settings))  # what profile runs: no repeats, no blank items
             task = progress.add_task("starting", total=total, setting="")
         started: list[str] = []
 

@@ -55,7 +55,10 @@ class ValidateCommand:
         add_lora_step_args(parser)
         parser.add_argument("--threads", type=int, help="torch CPU threads in each measurement (default: torch's)")
         parser.add_argument(
-            "--timeout", type=float, metavar="S", help="kill a measurement after S seconds (> 0); its rows say so"
+            "--timeout",
+            type=float,
+            metavar="S",
+            help="kill a measurement after S seconds (> 0); its rows say so (default: no limit)",
         )
         add_output_args(parser)
         parser.add_argument(

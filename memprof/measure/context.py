@@ -39,9 +39,17 @@ class CudaContext:
         return -(-self.context_bytes // MIB)
 
     def gpu_file_entry(self) -> dict:
-        """An entry for `memprof plan --gpu-file` giving this card's measured context."""
-        name = self.catalog_name or self.device_name
-        return {"name": name, "context_mib": self.context_mib, "context_measured": True}
+        """An entry for `memprof plan --gpu-file` giving this card's measured context. A card outside
+        the catalog is a new card there, which needs its memory too (its speed and price stay unknown)."""
+        if self.catalog_name:
+            return {"name": self.catalog_name, "context_mib": self.context_mib, "context_measured": True}
+        memory_mib = self.memory_bytes // MIB  # whole MiB, rounded down: never more than the card has
+        return {
+            "name": self.device_name,
+            "memory_mib": memory_mib,
+            "context_mib": self.context_mib,
+            "context_measured": True,
+        }
 
 
 def context_bytes(used_before: int, used_after: int, reserved: int) -> int:

@@ -31,8 +31,15 @@ def _model_rows(models: tuple[CatalogModel, ...]) -> list[list[str]]:
 
 def models_table(models: tuple[CatalogModel, ...]) -> Table:
     table = Table(title=_models_title())
-    table.add_column(MODELS_HEAD[0], style="bold")
-    table.add_column(MODELS_HEAD[1])
+    # a hub id is what users copy: never cut (fold it over lines if it must), the aliases wrap instead
+    table.add_column(
+        MODELS_HEAD[0],
+        style="bold",
+        no_wrap=True,
+        overflow="fold",
+        min_width=max(len(m.hub_id) for m in models) if models else None,
+    )
+    table.add_column(MODELS_HEAD[1], overflow="fold")
     table.add_column(MODELS_HEAD[2], justify="right")
     for cells in _model_rows(models):
         table.add_row(*cells)
@@ -58,19 +65,28 @@ GPUS_TITLE = "GPUs (prices: indicative on-demand USD/hour; override with --gpu-f
 GPUS_HEAD = ["GPU", "memory", "CUDA context", "usable", "bf16 TFLOP/s", "GB/s", "$/hour", "note"]
 
 
+# Short tags, so a context cell fits one line at 100 columns; GPUS_FOOTNOTE says what they mean.
+_CONTEXT_TAG = {"not measured": "est.", "given": "given"}
+GPUS_FOOTNOTE = (
+    "CUDA context: (est.) a shipped estimate, not measured on this card; (given) from your --gpu-file; "
+    "no tag: measured (`memprof gpus --measure-context` measures yours)"
+)
+
+
 def _gpu_rows(gpus: tuple[Gpu, ...]) -> list[list[str]]:
     rows = []
     for g in gpus:
-        context = gib(g.context_bytes) + ("" if g.context_measured else f" ({g.context_label})")
+        context = gib(g.context_bytes) + ("" if g.context_measured else f" ({_CONTEXT_TAG[g.context_label]})")
         rows.append(
             [
                 g.name,
                 gib(g.memory_bytes),
                 context,
                 gib(g.usable_bytes),
-                f"{g.bf16_dense_tflops:,.0f}",
-                f"{g.memory_bandwidth_gbs:,.0f}",
-                "$" + significant(g.usd_per_hour),
+                # 0.0: unknown (a --gpu-file card that did not give it)
+                f"{g.bf16_dense_tflops:,.0f}" if g.bf16_dense_tflops else "—",
+                f"{g.memory_bandwidth_gbs:,.0f}" if g.memory_bandwidth_gbs else "—",
+                "$" + significant(g.usd_per_hour) if g.usd_per_hour else "—",
                 g.note,
             ]
         )
@@ -78,16 +94,21 @@ def _gpu_rows(gpus: tuple[Gpu, ...]) -> list[list[str]]:
 
 
 def gpus_table(gpus: tuple[Gpu, ...]) -> Table:
-    table = Table(title=GPUS_TITLE)
+    table = Table(title=GPUS_TITLE, caption=GPUS_FOOTNOTE, caption_justify="left")
     for i, name in enumerate(GPUS_HEAD):
-        table.add_column(name, justify="left" if i in (0, 7) else "right", style="bold" if i == 0 else None)
+        table.add_column(
+            name,
+            justify="left" if i in (0, 7) else "right",
+            style="bold" if i == 0 else None,
+            no_wrap=i != 7,  # numbers and names whole; only the note wraps
+        )
     for cells in _gpu_rows(gpus):
         table.add_row(*cells)
     return table
 
 
 def render_gpus_md(gpus: tuple[Gpu, ...]) -> str:
-    return _md_section(GPUS_TITLE, GPUS_HEAD, _gpu_rows(gpus))
+    return _md_section(GPUS_TITLE, GPUS_HEAD, _gpu_rows(gpus)) + f"\n{GPUS_FOOTNOTE}\n"
 
 
 def render_gpus_html(gpus: tuple[Gpu, ...]) -> str:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.plan import Breakdown, GpuPlan, PlanReport
+from memprof.report.common import md_table
 from memprof.report.units import count, gib
 
 # (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
@@ -225,14 +226,14 @@ def render_plan_md(r: PlanReport) -> str:
     bd = r.breakdown
     lines = [f"## {_title(r)}", ""]
     head = _head(r, wrapped=False)
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_cells(g, _cost_digits(r), auto=r.num_gpus_auto)) + " |" for g in r.gpus]
+    # md_table escapes a `|` in a cell: GPU names come from the user's --gpu-file
+    lines += md_table(list(head), [_cells(g, _cost_digits(r), auto=r.num_gpus_auto) for g in r.gpus])
     lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context", ""]
-    lines += ["| part | bytes | GiB |", "|---|---|---|"]
     training_only = ("trainable_params_bytes", "grads_bytes", "optimizer_states_bytes")
     parts = [(name, label) for name, label, _, _ in BAR_PARTS if r.task != "infer" or name not in training_only]
-    lines += [f"| {label} | {count(getattr(bd, name))} | {gib(getattr(bd, name))} |" for name, label in parts]
-    lines += [f"| total | {count(bd.total_bytes)} | {gib(bd.total_bytes)} |", ""]
+    part_rows = [[label, count(getattr(bd, name)), gib(getattr(bd, name))] for name, label in parts]
+    lines += md_table(["part", "bytes", "GiB"], [*part_rows, ["total", count(bd.total_bytes), gib(bd.total_bytes)]])
+    lines.append("")
     lines.append(
         f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact); cheapest that fits: {r.cheapest or 'none'}"
     )

@@ -388,10 +388,21 @@ def _compare_rows(comparison: ProfileComparison) -> list[list[str]]:
             metric_label(row.metric),
             _cmp_value(row.metric, row.a),
             _cmp_value(row.metric, row.b),
-            _ratio(row.ratio),
+            _ratio(row.ratio) + (f" {WITHIN_NOISE}" if row.within_noise else ""),
         ]
         for row in comparison.rows
     ]
+
+
+WITHIN_NOISE = "(within noise)"
+NOISE_NOTE = (
+    f"{WITHIN_NOISE}: the medians differ by no more than the two runs' IQRs added, so the ratio is "
+    "run-to-run spread, not a speed-up or slow-down"
+)
+
+
+def _compare_notes(comparison: ProfileComparison) -> list[str]:
+    return [*comparison.notes, *([NOISE_NOTE] if any(r.within_noise for r in comparison.rows) else [])]
 
 
 def compare_renderables(comparison: ProfileComparison) -> Group:
@@ -400,14 +411,14 @@ def compare_renderables(comparison: ProfileComparison) -> Group:
         Text(f"B: {comparison.b_title}", style="bold"),
         _table("Side by side", COMPARE_HEAD, _compare_rows(comparison), labels=2),
     ]
-    parts += [Text(f"• {n}", style="dim") for n in comparison.notes]
+    parts += [Text(f"• {n}", style="dim") for n in _compare_notes(comparison)]
     return Group(*parts)
 
 
 def render_compare_md(comparison: ProfileComparison) -> str:
     lines = [f"- A: {comparison.a_title}", f"- B: {comparison.b_title}", ""]
     lines += md_table(COMPARE_HEAD, _compare_rows(comparison)) + [""]
-    lines += [f"- {n}" for n in comparison.notes]
+    lines += [f"- {n}" for n in _compare_notes(comparison)]
     return "\n".join(lines) + "\n"
 
 
