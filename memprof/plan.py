@@ -36,7 +36,7 @@ from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.measure.flops import COUNTED_NOTE as FLOPS_COUNTED_NOTE
 from memprof.models import resolve_model
 from memprof.predict import tensor_bytes
-from memprof.settings import DTYPE_BYTES, Setting, get_setting
+from memprof.settings import CPU_REPACKING_NOTE, DTYPE_BYTES, Setting, get_setting
 from memprof.simulate import (
     OPTIMIZERS,
     TASKS,
@@ -682,6 +682,9 @@ def _notes(
             else f"pure {setting.name}: weights, grads and AdamW states all in {setting.dtype} (--precision mixed: "
             "fp32 master weights under autocast, what most full fine-tunes run)."
         )
+    if device == "cpu" and setting.quant in ("nf4", "fp4"):
+        # what `memprof profile --device cpu` measures, so the CPU plan is checked against the same layout
+        notes.append(f"Simulated as profile measures it: {CPU_REPACKING_NOTE}.")
     if setting.quantized:
         kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
         if setting.quant == "int8":

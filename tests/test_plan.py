@@ -525,3 +525,14 @@ def test_progress_says_what_is_simulated_and_nothing_from_the_cache(model_dir):
     again: list[str] = []
     plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",), on_progress=again.append)
     assert again == []  # answered by the cache
+
+
+def test_a_4bit_cpu_plan_says_bitsandbytes_cpu_repacking_is_off(model_dir):
+    """Profile measures 4-bit CPU loads in the GPU's weight layout (settings.keep_gpu_weight_layout);
+    the CPU plan it is checked against says so, the GPU plan (no repacking there) does not."""
+    from memprof.settings import CPU_REPACKING_NOTE
+
+    cpu = plan(model_dir, task="qlora", batch=2, seq=16, device="cpu")
+    assert any(CPU_REPACKING_NOTE in d for d in cpu.details)
+    gpu = plan(model_dir, task="qlora", batch=2, seq=16, gpus=("T4",))
+    assert not any(CPU_REPACKING_NOTE in d for d in gpu.details)

@@ -173,3 +173,17 @@ def test_assert_fits_fails_with_the_plans_breakdown_when_it_does_not():
     assert first.endswith("memprof plan's breakdown:") and "short by" in first
     assert any(line.startswith("meta-llama/Llama-3.1-8B") for line in screen)  # plan's title line
     assert "grads" in text and "optimizer" in text  # the breakdown at the peak
+
+
+def test_the_shipped_example_passes_and_fails_once_its_budget_is_too_small(pytester):
+    """examples/test_memory_budget.py, run as a user runs it; with a quarter of its budget the
+    training step (128 MiB of weights, grads and AdamW states) must fail."""
+    from pathlib import Path
+
+    example = (Path(__file__).parent.parent / "examples" / "test_memory_budget.py").read_text()
+    pytester.makepyfile(test_memory_budget=example)
+    pytester.runpytest_subprocess().assert_outcomes(passed=2)
+    pytester.makepyfile(test_memory_budget=example.replace('"192 MiB"', '"48 MiB"'))
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1, failed=1)
+    assert "over the limit '48 MiB'" in result.stdout.str()

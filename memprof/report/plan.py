@@ -189,7 +189,7 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
     else:
         parts.append(
             Text(
-                f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact) · tokens per step: {count(r.tokens_per_step)}"
+                f"FLOPs per step per GPU: {count(r.flops_per_step)} (matmuls and attention, counted) · tokens per step: {count(r.tokens_per_step)}"
             )
         )
         parts += [Text(f"• {note}", style="dim") for note in r.details]
@@ -211,7 +211,7 @@ def _answer(r: PlanReport) -> str:
     cards = f"{g.num_gpus} × " if r.num_gpus_auto or g.num_gpus > 1 else ""
     per_gpu = " per GPU" if cards else ""
     return (
-        f"★ cheapest that fits: {cards}{g.name}{tight}, ${significant(g.usd_per_hour)}/h, {_gib(g.headroom_bytes)} "
+        f"★ lowest $/h that fits: {cards}{g.name}{tight}, ${significant(g.usd_per_hour)}/h, {_gib(g.headroom_bytes)} "
         f"GiB free{per_gpu}; {batch} at seq {r.seq:,}"
     )
 
@@ -235,7 +235,8 @@ def render_plan_md(r: PlanReport) -> str:
     lines += md_table(["part", "bytes", "GiB"], [*part_rows, ["total", count(bd.total_bytes), gib(bd.total_bytes)]])
     lines.append("")
     lines.append(
-        f"FLOPs per step per GPU: {count(r.flops_per_step)} (exact); cheapest that fits: {r.cheapest or 'none'}"
+        f"FLOPs per step per GPU: {count(r.flops_per_step)} (matmuls and attention, counted); "
+        f"lowest $/h that fits: {r.cheapest or 'none'}"
     )
     lines.append("")
     lines += [f"- {note}" for note in (*r.notes, *r.details)]
