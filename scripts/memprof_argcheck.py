@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memprof.cli import build_parser
+from memprof.cli import UsageError, build_parser
 from memprof.errors import MemprofError
 
 
 def check(argv: list[str]) -> str:
-    """What the line would run, in words; raises SystemExit (argparse) or MemprofError when it would not."""
+    """What the line would run, in words; raises UsageError (memprof's parser) or MemprofError when it would not."""
     parser = build_parser()
     # stricter than memprof: an abbreviated option works today and turns ambiguous when an option
     # sharing its prefix is added, so the script spells every option out
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         print(check(argv))
+    except UsageError as exc:  # memprof's own one line for a command line it cannot parse
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return 2
     except MemprofError as exc:
         print(f"memprof {argv[0] if argv else ''}: error: {exc}", file=sys.stderr)
         return 2

@@ -280,8 +280,10 @@ def test_preflight_without_a_gpu_is_one_line_and_exit_1(capsys, monkeypatch):
 
 @pytest.mark.parametrize("option", ["--devcie", "--dev"])  # a typo, and an abbreviation memprof would take
 def test_a_typo_or_an_abbreviated_option_does_not_parse(option):
+    from memprof.cli import UsageError
+
     memprof_argcheck.check(["profile", "meta-llama/Llama-3.2-1B", "--device", "cuda", "--settings", "bf16"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="unrecognized arguments"):
         memprof_argcheck.check(["profile", "meta-llama/Llama-3.2-1B", option, "cuda"])
 
 
