@@ -62,8 +62,15 @@ def _normalized(text: str, fmt: str, *, measured: bool) -> str:
     return json.dumps(_drop_volatile(json.loads(text), measured), indent=2, sort_keys=True) + "\n"
 
 
+# plan --device cpu plans for this machine's RAM: its size, and what follows from it, differ by machine
+MACHINE_ROW = "cpu (this machine)"
+MACHINE_KEYS = {"memory_bytes", "headroom_bytes", "max_batch"}
+
+
 def _drop_volatile(value, measured: bool):
     """`measured`: a result of real runs, whose timings vary (plan's estimated times do not)."""
+    if isinstance(value, dict) and value.get("name") == MACHINE_ROW:
+        value = {k: v for k, v in value.items() if k not in MACHINE_KEYS}
     if isinstance(value, dict):
         return {
             k: _drop_volatile(v, measured)
