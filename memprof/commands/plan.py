@@ -22,6 +22,8 @@ from memprof.commands._common import (
 from memprof.commands.gpus import GPU_FILE_HELP
 from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
+from memprof.report.serve import render_serve_html, render_serve_md, serve_renderables
+from memprof.serve import DEFAULT_CONTEXT, DEFAULT_PREFILL_CHUNK, plan_serving
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
 
@@ -45,7 +47,11 @@ class PlanCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
-        parser.add_argument("--task", default="lora", help=f"one of {', '.join(TASKS)} (default lora)")
+        parser.add_argument(
+            "--task",
+            default="lora",
+            help=f"one of {', '.join(TASKS)}, serve (default lora); serve: how many --context sequences a GPU holds",
+        )
         parser.add_argument("--setting", help=f"one of {', '.join(SETTINGS)} (default bf16; nf4-dq for --task qlora)")
         parser.add_argument("--batch", type=int, default=1, help="batch size per GPU (default 1)")
         parser.add_argument(
@@ -53,6 +59,22 @@ class PlanCommand:
         )
         parser.add_argument(
             "--new-tokens", type=int, default=0, help="infer: tokens generated after the prompt (KV cache; default 0)"
+        )
+        parser.add_argument(
+            "--context",
+            type=int,
+            default=DEFAULT_CONTEXT,
+            help=f"serve: tokens per sequence, prompt plus generated (default {DEFAULT_CONTEXT})",
+        )
+        parser.add_argument(
+            "--kv-dtype",
+            help="serve: the KV cache's dtype, bf16, fp16, fp32 or fp8 (default: the setting's compute dtype)",
+        )
+        parser.add_argument(
+            "--prefill-chunk",
+            type=int,
+            default=DEFAULT_PREFILL_CHUNK,
+            help=f"serve: prompt tokens prefilled at once beside the caches (default {DEFAULT_PREFILL_CHUNK}, vLLM's)",
         )
         parser.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)} (default adamw)")
         add_lora_step_args(parser)
@@ -92,6 +114,24 @@ class PlanCommand:
         err = Console(stderr=True)
         # a spinner on a terminal only: piped or redirected stderr gets nothing but errors
         status = err.status("simulating the step on fake tensors…") if err.is_terminal else contextlib.nullcontext()
+        if args.task == "serve":
+            with status:
+                serving = plan_serving(
+                    args.model,
+                    setting=args.setting,
+                    context=args.context,
+                    kv_dtype=args.kv_dtype,
+                    prefill_chunk=args.prefill_chunk,
+                    gpus=args.gpus,
+                    gpu_file=args.gpu_file,
+                    allow_download=args.allow_download,
+                    trust_remote_code=args.trust_remote_code,
+                    use_cache=not args.no_cache,
+                    on_progress=status.update if err.is_terminal else None,
+                )
+            table = lambda r: serve_renderables(r, verbose=args.verbose)  # noqa: E731
+            emit(serving, args, console, table=table, md=render_serve_md, html=render_serve_html)
+            return 0
         with status:
             report = plan(
                 args.model,
