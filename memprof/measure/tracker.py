@@ -97,7 +97,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
         if not isinstance(t, torch.Tensor):
             return
-        storage = t.untyped_storage()
+        storage = _local(t).untyped_storage()
         if self._real_only and storage.device.type == "meta":
             return
         key = storage._cdata
@@ -150,7 +150,7 @@ class LiveBytesTracker(TorchDispatchMode):
         self._peak_event = self._event
 
     def key_of(self, t) -> int:
-        return t.untyped_storage()._cdata
+        return _local(t).untyped_storage()._cdata
 
     def held_at_peak(self, largest: int = 5, categories: dict[str, Iterable] | None = None) -> list[HeldStorage]:
         """The `largest` storages live at the peak, biggest first (needs `describe=True`).
@@ -173,17 +173,22 @@ class LiveBytesTracker(TorchDispatchMode):
             for r in at_peak[:largest]
         ]
 
+    @property
+    def peak_event(self) -> int:
+        """The moment of the peak (an event number), for `breakdown_at` after later phases ran."""
+        return self._peak_event
+
     def breakdown_at_peak(self, categories: dict[str, Iterable]) -> dict[str, int]:
         """Bytes live at the peak, split by category; what no category claims goes to "other".
 
         `categories` maps a name to tensors (or modules, or iterables) alive now; a storage is
         claimed by the first category that names it. The values sum to `peak_bytes`.
         """
-        at_peak = {
-            id(r): r
-            for r in self._records
-            if r.born <= self._peak_event and (r.died is None or r.died > self._peak_event)
-        }
+        return self.breakdown_at(self._peak_event, categories)
+
+    def breakdown_at(self, event: int, categories: dict[str, Iterable]) -> dict[str, int]:
+        """As `breakdown_at_peak`, at an earlier moment (a phase's peak_event)."""
+        at_peak = {id(r): r for r in self._records if r.born <= event and (r.died is None or r.died > event)}
         result: dict[str, int] = {}
         for name, objs in categories.items():
             total = 0
@@ -194,6 +199,11 @@ class LiveBytesTracker(TorchDispatchMode):
             result[name] = total
         result["other"] = sum(r.nbytes for r in at_peak.values())
         return result
+
+
+def _local(t):
+    """A DTensor (FSDP2's sharded parameters and grads) holds its local shard: that is its memory."""
+    return getattr(t, "_local_tensor", t)
 
 
 def _tensors(objs) -> Iterator:
