@@ -18,8 +18,18 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-from memprof.simulate import CATEGORIES, PhasePeak, Simulation, StepSpec, extrapolate, layer_count, layer_period
-from memprof.simulate import _eager_mask_paths, prepare_step_model, with_layers
+from memprof.simulate import (
+    CATEGORIES,
+    PhasePeak,
+    Simulation,
+    StepSpec,
+    _eager_mask_paths,
+    extrapolate,
+    layer_count,
+    layer_period,
+    prepare_step_model,
+    with_layers,
+)
 
 SHARDED_MODES = ("fsdp", "zero2", "zero3")
 _PHASES = ("forward", "backward", "optimizer")
