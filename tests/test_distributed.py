@@ -118,3 +118,15 @@ def test_a_timeout_stops_every_rank_and_says_so(llama_dir):
 
 def test_shard_modes():
     assert SHARD_MODES == ("ddp", "fsdp", "zero2", "zero3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train,setting", [("full", "fp32"), ("lora", "bf16")])
+def test_a_ddp_rank_holds_the_single_process_step_plus_its_gradient_buckets(llama_dir, train, setting):
+    from memprof.simulate import simulate_model
+
+    ranks = run_ranks(_request(llama_dir, train=train, setting=setting), nproc=2, shard="ddp", timeout_s=300)
+    spec = StepSpec(task=train, setting=setting, lora_r=8, lora_alpha=16)
+    single = simulate_model(tiny_config("llama"), spec, batch=2, seq=SEQ, use_cache=False).direct
+    buckets = max(p.breakdown["trainable_params"] for p in single.phases)  # a grad-sized copy of the trainable params
+    assert [r["train"]["peak_bytes"] for r in ranks] == [single.peak_bytes + buckets] * 2
