@@ -160,16 +160,18 @@ def timeline_from_tracker(
     categories: dict[str, Iterable],
     *,
     other: str = "other",
+    earlier: Iterable[dict[int, str]] = (),
     max_points: int = DEFAULT_MAX_POINTS,
     start_event: int = 0,
     end_event: int | None = None,
 ) -> Timeline:
     """The tracker's live bytes by kind over start_event..end_event (default: every event), with the
-    tracker's `phase()` blocks as phases; `categories` and `other` as in `kind_series`.
+    tracker's `phase()` blocks as phases; `categories`, `other` and `earlier` (snapshots of
+    `tracker.claims(...)`) as in `kind_series`.
 
     Its `peak_bytes` is the exact maximum over the window: the tracker's `peak_bytes` for the whole
     run (no `reset_peak`), a phase's `phase_peak_bytes` for that phase's span."""
-    series = tracker.kind_series(categories, other=other)
+    series = tracker.kind_series(categories, other=other, earlier=earlier)
     return timeline_from_series(
         series,
         phases=tracker.phase_events,

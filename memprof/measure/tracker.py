@@ -213,20 +213,27 @@ class LiveBytesTracker(TorchDispatchMode):
         """The number of the latest event (0 before any): event e is the state after the e-th change."""
         return self._event
 
-    def kind_series(self, categories: dict[str, Iterable], *, other: str = "other") -> dict[str, array]:
+    def kind_series(
+        self, categories: dict[str, Iterable], *, other: str = "other", earlier: Iterable[dict[int, str]] = ()
+    ) -> dict[str, array]:
         """Live bytes of each kind after every event: `series[kind][e]` for e in 0..last_event.
 
         Exact, from the storages' lives: kinds are claimed as in `breakdown_at` (the first category
         naming a storage alive now claims it; the rest, freed ones included, is `other`), so at any
         event the kinds sum to the live bytes then, their maximum over all events is `peak_bytes`
         (without `reset_peak`), and at `peak_event` they equal `breakdown_at_peak(categories)` when no
-        storage was resized later. O(records + events); int64 arrays, 8 bytes per event and kind.
+        storage was resized later. `earlier`: snapshots from `claims` taken before, which name first
+        (the previous step's grads, freed by zero_grad, stay grads rather than `other`).
+        O(records + events); int64 arrays, 8 bytes per event and kind.
         Each `phase_events` block (name, start, end) covers events start..end (start: on entry).
         """
         if other in categories:
             raise ValueError(f"{other!r} is both a category and the name for the rest")
-        claimed = self._claims(categories)
-        names = [*categories, other]
+        claimed: dict[int, str] = {}
+        for snapshot in [*earlier, self.claims(categories)]:
+            for key, name in snapshot.items():
+                claimed.setdefault(key, name)
+        names = list(dict.fromkeys([*categories, *(n for n in claimed.values() if n != other), other]))
         n = self._event + 1
         deltas = {name: array("q", bytes(8 * n)) for name in names}
         resized: dict[int, int] = {}
@@ -240,8 +247,9 @@ class LiveBytesTracker(TorchDispatchMode):
                 d[r.died] -= r.nbytes
         return {name: array("q", accumulate(d)) for name, d in deltas.items()}
 
-    def _claims(self, categories: dict[str, Iterable]) -> dict[int, str]:
-        """id(record) -> the first category naming its storage, for storages alive now."""
+    def claims(self, categories: dict[str, Iterable]) -> dict[int, str]:
+        """Which kind each storage alive now is (the first category naming it), as an opaque snapshot
+        for `kind_series(earlier=...)`: what is freed before then keeps its kind."""
         claimed: dict[int, str] = {}
         for name, objs in categories.items():
             for t in _tensors([objs]):
