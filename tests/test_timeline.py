@@ -4,12 +4,19 @@ keeps the peak, and its pictures (an SVG stacked area, terminal sparklines), che
 from __future__ import annotations
 
 import gc
+import io
 import json
 import random
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from rich.console import Console  # noqa: E402
 
 from memprof.measure.timeline import (  # noqa: E402
     Timeline,
@@ -18,8 +25,16 @@ from memprof.measure.timeline import (  # noqa: E402
     timeline_from_tracker,
 )
 from memprof.measure.tracker import LiveBytesTracker  # noqa: E402
+from memprof.report.timeline import (  # noqa: E402
+    compare_svg,
+    timeline_page,
+    timeline_sparklines,
+    timeline_svg,
+)
+from memprof.report.units import human_bytes  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
+SVG = "{http://www.w3.org/2000/svg}"
 STEP_PHASES = ("zero_grad", "forward", "backward", "optimizer")
 
 
@@ -159,6 +174,7 @@ def real_step():
         with LiveBytesTracker() as tracker:
             tracker.track(*model_parts(model, optimizer).values(), ids)
             first_step_event = tracker.last_event
+            before = tracker.claims({**model_parts(model, optimizer), "inputs": [ids]})  # last step's grads
             with tracker.phase("zero_grad"):
                 optimizer.zero_grad(set_to_none=True)
             with tracker.phase("forward"):
@@ -169,7 +185,7 @@ def real_step():
                 optimizer.step()
             del loss
     categories = {**model_parts(model, optimizer), "inputs": [ids]}
-    return tracker, categories, first_step_event
+    return tracker, categories, first_step_event, before
 
 
 def _kinds_at(series: dict, event: int) -> dict[str, int]:
@@ -177,7 +193,7 @@ def _kinds_at(series: dict, event: int) -> dict[str, int]:
 
 
 def test_real_step_kind_series_equals_breakdown_at_every_sampled_event(real_step):
-    tracker, categories, _ = real_step
+    tracker, categories, *_ = real_step
     series = tracker.kind_series(categories)
     events = sorted({*range(0, tracker.last_event + 1, 23), tracker.peak_event, tracker.last_event})
     events += [e for _, a, b in tracker.phase_events for e in (a, b)]
@@ -185,8 +201,22 @@ def test_real_step_kind_series_equals_breakdown_at_every_sampled_event(real_step
         assert _kinds_at(series, event) == tracker.breakdown_at(event, categories), event
 
 
+def test_real_step_earlier_claims_keep_the_last_steps_grads_grads_when_zero_grad_frees_them(real_step):
+    tracker, categories, first_step_event, before = real_step
+    now = tracker.kind_series(categories)
+    named = tracker.kind_series(categories, earlier=[before])
+    _, start, end = next(p for p in tracker.phase_events if p[0] == "zero_grad")
+    assert now["other"][start] > 0 and named["other"][start] == 0  # without the snapshot: "other"
+    assert named["grads"][start] > 0 and named["grads"][end] == 0  # zero_grad frees them, as grads
+    assert all(named["other"][e] == 0 for e in range(first_step_event, end + 1))
+    for event in range(tracker.last_event + 1):  # only the split differs, never the total
+        assert sum(v[event] for v in now.values()) == sum(v[event] for v in named.values())
+    after_zero_grad = range(end, tracker.last_event + 1)
+    assert all(now[k][e] == named[k][e] for k in now for e in after_zero_grad)
+
+
 def test_real_step_timeline_is_exact_at_its_points_and_peak(real_step):
-    tracker, categories, _ = real_step
+    tracker, categories, *_ = real_step
     timeline = timeline_from_tracker(tracker, categories, other="activations_temporaries")
     assert 10 <= len(timeline.points) <= 200
     for point in timeline.points:
@@ -202,7 +232,7 @@ def test_real_step_timeline_is_exact_at_its_points_and_peak(real_step):
 
 
 def test_real_step_phases_cover_the_step_in_order(real_step):
-    tracker, categories, first_step_event = real_step
+    tracker, categories, first_step_event, _ = real_step
     timeline = timeline_from_tracker(tracker, categories)
     assert tuple(p.name for p in timeline.phases) == STEP_PHASES
     assert timeline.phases[0].start_event == first_step_event
@@ -213,7 +243,7 @@ def test_real_step_phases_cover_the_step_in_order(real_step):
 
 
 def test_real_step_timeline_of_each_phase_peaks_at_its_phase_peak(real_step):
-    tracker, categories, _ = real_step
+    tracker, categories, *_ = real_step
     for name, start, end in tracker.phase_events:
         phase = timeline_from_tracker(tracker, categories, start_event=start, end_event=end, max_points=20)
         assert phase.peak_bytes == tracker.phase_peak_bytes[name]
@@ -223,7 +253,7 @@ def test_real_step_timeline_of_each_phase_peaks_at_its_phase_peak(real_step):
 
 
 def test_real_step_downsampled_hard_keeps_the_peak(real_step):
-    tracker, categories, first_step_event = real_step
+    tracker, categories, first_step_event, _ = real_step
     for max_points in (3, 7, 12, 50):
         timeline = timeline_from_tracker(tracker, categories, max_points=max_points, start_event=first_step_event)
         events = [p.event for p in timeline.points]
@@ -231,3 +261,95 @@ def test_real_step_downsampled_hard_keeps_the_peak(real_step):
         assert events == sorted(events)
         assert tracker.peak_event in events
         assert max(p.bytes for p in timeline.points) == tracker.peak_bytes
+
+
+# -- the pictures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def step_timeline(real_step) -> Timeline:
+    tracker, categories, first_step_event, before = real_step
+    return timeline_from_tracker(
+        tracker, categories, other="activations_temporaries", earlier=[before], start_event=first_step_event
+    )
+
+
+def _texts(root) -> list[str]:
+    return ["".join(e.itertext()) for e in root.iter(f"{SVG}text")]
+
+
+def test_svg_parses_with_one_area_per_kind_phase_labels_peak_and_gpu_line(step_timeline):
+    svg = timeline_svg(step_timeline, gpu_name="Test GPU", gpu_bytes=3 * 2**20)
+    root = ET.fromstring(svg)
+    areas = [e for e in root.iter(f"{SVG}path") if e.get("class") == "kind"]
+    non_empty = [k for k in step_timeline.kinds if any(p.kinds[k] for p in step_timeline.points)]
+    assert sorted(e.get("data-kind") for e in areas) == sorted(non_empty)
+    texts = _texts(root)
+    for name in STEP_PHASES:
+        assert name in texts
+    assert f"peak {human_bytes(step_timeline.peak_bytes)}" in texts
+    assert f"Test GPU: {human_bytes(3 * 2**20)}" in texts
+    assert "<script" not in svg and "href" not in svg  # offline: nothing to run, nothing to fetch
+
+
+def test_svg_stacks_persistent_state_below_activations(step_timeline):
+    root = ET.fromstring(timeline_svg(step_timeline))
+    order = [e.get("data-kind") for e in root.iter(f"{SVG}path") if e.get("class") == "kind"]
+    assert order.index("trainable_params") < order.index("optimizer_states") < order.index("activations_temporaries")
+
+
+def test_compare_svg_draws_one_line_per_run_with_its_peak(step_timeline, real_step):
+    tracker, categories, *_ = real_step
+    other = timeline_from_tracker(tracker, categories, max_points=30)
+    root = ET.fromstring(compare_svg([("bf16", step_timeline), ("fp32", other)]))
+    runs = [e.get("data-run") for e in root.iter(f"{SVG}polyline") if e.get("class") == "run"]
+    assert runs == ["bf16", "fp32"]
+    assert f"bf16: {human_bytes(step_timeline.peak_bytes)}" in _texts(root)
+
+
+def test_sparklines_draw_one_line_per_phase_with_its_peak(step_timeline):
+    buf = io.StringIO()
+    Console(file=buf, width=100, color_system=None).print(timeline_sparklines(step_timeline, width=30))
+    lines = buf.getvalue().splitlines()
+    assert [line.split()[0] for line in lines] == list(STEP_PHASES)
+    for line, phase in zip(lines, step_timeline.phases, strict=True):
+        peak = max(p.bytes for p in step_timeline.points if phase.start_event <= p.event <= phase.end_event)
+        assert f"peak {human_bytes(peak)}" in line
+        assert len(line.split()[1]) == 30 and set(line.split()[1]) <= set("▁▂▃▄▅▆▇█")
+    assert sum("← the peak" in line for line in lines) == 1
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.areas: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.tags.append(tag)
+        attrs = dict(attrs)
+        if tag == "path" and attrs.get("class") == "kind":
+            self.areas.append(attrs["data-kind"])
+
+
+def test_chart_loads_in_headless_chromium(step_timeline, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    page = tmp_path / "timeline.html"
+    page.write_text(timeline_page(timeline_svg(step_timeline, gpu_name="Test GPU", gpu_bytes=3 * 2**20)))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--hide-scrollbars"]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    elements = _Elements()
+    elements.feed(dom)  # the page as the browser built it
+    assert elements.tags.count("svg") == 1
+    assert sorted(elements.areas) == sorted(step_timeline.kinds)
+    assert f"peak {human_bytes(step_timeline.peak_bytes)}" in dom
+    png = tmp_path / "timeline.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=940,400", f"--screenshot={png}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
