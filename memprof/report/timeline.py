@@ -336,7 +336,9 @@ def timeline_sparklines(timeline: Timeline, *, width: int = 40) -> Text:
         text.append(f"{name:<{name_w}}  ")
         text.append(_spark(cells, low, timeline.peak_bytes), style="cyan")
         text.append(f"  peak {human_bytes(peak)}")
-        if phase.start_event <= timeline.peak_event <= phase.end_event and peak == timeline.peak_bytes:
+        # a phase's start_event is the state on entry: the phase before it made that moment
+        starts_run = i == 0 and phase.start_event == timeline.peak_event
+        if (starts_run or phase.start_event < timeline.peak_event <= phase.end_event) and peak == timeline.peak_bytes:
             text.append("  ← the peak", style="bold")
         if i < len(phases) - 1:
             text.append("\n")
