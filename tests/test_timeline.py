@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
@@ -294,6 +295,21 @@ def test_svg_stacks_persistent_state_below_activations(step_timeline):
     root = ET.fromstring(timeline_svg(step_timeline))
     order = [e.get("data-kind") for e in root.iter(f"{SVG}path") if e.get("class") == "kind"]
     assert order.index("trainable_params") < order.index("optimizer_states") < order.index("activations_temporaries")
+
+
+def test_svg_of_many_phases_keeps_labels_to_two_rows_and_every_band():
+    series = {"weights": [1000] * 3000, "activations": [(i % 100) * 10 for i in range(3000)]}
+    layers = [(f"layer {i}", 100 * i, 100 * (i + 1)) for i in range(30)]
+    root = ET.fromstring(timeline_svg(timeline_from_series(series, phases=layers)))
+    labels = [e for e in root.iter(f"{SVG}text") if e.get("class") == "phase-label"]
+    assert len({e.get("y") for e in labels}) == 2 and 2 <= len(labels) < 30
+    assert len([e for e in root.iter(f"{SVG}rect") if e.get("class") == "phase"]) == 30
+
+
+def test_timeline_modules_import_without_torch():
+    code = "import sys, memprof.measure.timeline, memprof.report.timeline; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_compare_svg_draws_one_line_per_run_with_its_peak(step_timeline, real_step):

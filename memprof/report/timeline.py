@@ -50,13 +50,14 @@ KIND_COLORS = {
     "other": "#dd8452",
 }
 EXTRA_COLORS = ("#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#2ca02c")
-LINE_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+LINE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")  # none the GPU line's red
 SPARKS = "▁▂▃▄▅▆▇█"
 FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 
 WIDTH, HEIGHT = 900, 360
 LEFT, RIGHT, TOP = 78, 24, 56  # the plot area's margins; the bottom holds the axis and legend
 BOTTOM = 70
+LABEL_ROWS = 2  # rows of phase labels between the title and the plot
 
 
 def stack_order(kinds: Sequence[str]) -> list[str]:
@@ -157,11 +158,11 @@ def _depths(phases: Sequence[TimelinePhase]) -> list[int]:
 
 
 def _phase_bands(frame: _Frame, phases: Sequence[TimelinePhase]) -> list[str]:
-    """Alternating bands for top-level phases, outlines for nested ones, labels in rows above the plot
-    (a label that would overlap the one before it on its row moves down a row)."""
+    """Alternating bands for top-level phases, outlines for nested ones, labels in two rows above the
+    plot (a label that would overlap the one before it moves up a row; with both rows taken it is left
+    out: the band's tooltip still names it)."""
     out = []
     row_ends: list[float] = []
-    bottom = TOP + frame.plot_h
     for i, (phase, depth) in enumerate(zip(phases, _depths(phases), strict=True)):
         x0, x1 = frame.x(phase.start_event), frame.x(phase.end_event)
         fill = ("#f3f3f3", "#e9eef6")[i % 2] if depth == 0 else "none"
@@ -174,10 +175,12 @@ def _phase_bands(frame: _Frame, phases: Sequence[TimelinePhase]) -> list[str]:
         label_w = 6.5 * len(phase.name)
         x_label = max(LEFT, min((x0 + x1) / 2 - label_w / 2, LEFT + frame.plot_w - label_w))
         row = next((r for r, e in enumerate(row_ends) if e <= x_label), len(row_ends))
+        if row >= LABEL_ROWS:
+            continue
         if row == len(row_ends):
             row_ends.append(0.0)
         row_ends[row] = x_label + label_w + 6
-        y = TOP - 6 - 13 * row if row < 2 else bottom - 6 - 13 * (row - 2)
+        y = TOP - 6 - 13 * row
         out.append(
             f"<text class='phase-label' x='{x_label:.1f}' y='{y}' font-size='11' fill='#333' "
             f"{FONT}>{escape(phase.name)}</text>"
@@ -279,6 +282,8 @@ def compare_svg(
     parts = frame.axes("progress through each run (fraction of its events)")
     legend = []
     for i, (label, t) in enumerate(runs):
+        if not t.points:
+            continue
         color = LINE_COLORS[i % len(LINE_COLORS)]
         first, last = t.points[0].event, t.points[-1].event
         span = max(last - first, 1)
