@@ -19,9 +19,11 @@ meta storages whose nbytes are the real sizes).
 from __future__ import annotations
 
 import weakref
+from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -73,6 +75,8 @@ class LiveBytesTracker(TorchDispatchMode):
         self.peak_bytes = 0
         self.phase_peak_bytes: dict[str, int] = {}
         self._phases: list[str] = []
+        self.phase_events: list[tuple[str, int, int]] = []  # (name, start_event, end_event) per phase() block
+        self._resizes: list[tuple[int, _Record, int]] = []  # (event, record, delta bytes)
 
     # -- counting -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -105,6 +109,8 @@ class LiveBytesTracker(TorchDispatchMode):
         record = self._live.get(key)
         if record is not None:
             if record.nbytes != nbytes:  # resized in place (resize_, out= ops)
+                self._event += 1  # its own event, so every event is one change (kind_series is exact)
+                self._resizes.append((self._event, record, nbytes - record.nbytes))
                 self._grow(nbytes - record.nbytes)
                 record.nbytes = nbytes
             return
@@ -139,10 +145,12 @@ class LiveBytesTracker(TorchDispatchMode):
         """Record the peak of live bytes while the block runs as `phase_peak_bytes[name]` (max over repeats)."""
         self.phase_peak_bytes[name] = max(self.phase_peak_bytes.get(name, 0), self.current_bytes)
         self._phases.append(name)
+        start_event = self._event
         try:
             yield
         finally:
             self._phases.remove(name)
+            self.phase_events.append((name, start_event, self._event))
 
     def reset_peak(self) -> None:
         """Start a new peak from the bytes live now."""
@@ -199,6 +207,56 @@ class LiveBytesTracker(TorchDispatchMode):
             result[name] = total
         result["other"] = sum(r.nbytes for r in at_peak.values())
         return result
+
+    @property
+    def last_event(self) -> int:
+        """The number of the latest event (0 before any): event e is the state after the e-th change."""
+        return self._event
+
+    def kind_series(
+        self, categories: dict[str, Iterable], *, other: str = "other", earlier: Iterable[dict[int, str]] = ()
+    ) -> dict[str, array]:
+        """Live bytes of each kind after every event: `series[kind][e]` for e in 0..last_event.
+
+        Exact, from the storages' lives: kinds are claimed as in `breakdown_at` (the first category
+        naming a storage alive now claims it; the rest, freed ones included, is `other`), so at any
+        event the kinds sum to the live bytes then, their maximum over all events is `peak_bytes`
+        (without `reset_peak`), and at `peak_event` they equal `breakdown_at_peak(categories)` when no
+        storage was resized later. `earlier`: snapshots from `claims` taken before, which name first
+        (the previous step's grads, freed by zero_grad, stay grads rather than `other`).
+        O(records + events); int64 arrays, 8 bytes per event and kind.
+        Each `phase_events` block (name, start, end) covers events start..end (start: on entry).
+        """
+        if other in categories:
+            raise ValueError(f"{other!r} is both a category and the name for the rest")
+        claimed: dict[int, str] = {}
+        for snapshot in [*earlier, self.claims(categories)]:
+            for key, name in snapshot.items():
+                claimed.setdefault(key, name)
+        names = list(dict.fromkeys([*categories, *(n for n in claimed.values() if n != other), other]))
+        n = self._event + 1
+        deltas = {name: array("q", bytes(8 * n)) for name in names}
+        resized: dict[int, int] = {}
+        for event, record, delta in self._resizes:
+            deltas[claimed.get(id(record), other)][event] += delta
+            resized[id(record)] = resized.get(id(record), 0) + delta
+        for r in self._records:
+            d = deltas[claimed.get(id(r), other)]
+            d[r.born] += r.nbytes - resized.get(id(r), 0)  # its bytes when born
+            if r.died is not None:
+                d[r.died] -= r.nbytes
+        return {name: array("q", accumulate(d)) for name, d in deltas.items()}
+
+    def claims(self, categories: dict[str, Iterable]) -> dict[int, str]:
+        """Which kind each storage alive now is (the first category naming it), as an opaque snapshot
+        for `kind_series(earlier=...)`: what is freed before then keeps its kind."""
+        claimed: dict[int, str] = {}
+        for name, objs in categories.items():
+            for t in _tensors([objs]):
+                record = self._live.get(self.key_of(t))
+                if record is not None:
+                    claimed.setdefault(id(record), name)
+        return claimed
 
 
 def _local(t):
