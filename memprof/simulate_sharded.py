@@ -32,7 +32,6 @@ from memprof.simulate import (
 )
 
 SHARDED_MODES = ("fsdp", "zero2", "zero3")
-_PHASES = ("forward", "backward", "optimizer")
 
 
 @contextlib.contextmanager

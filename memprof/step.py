@@ -156,14 +156,22 @@ def make_optimizer(params, name: str = "adamw", *, foreach: bool | None = None):
     return cls(params, lr=1e-5)
 
 
-def train_step(model, optimizer, ids, *, precision: str = "pure", compute_dtype: str = "bfloat16") -> None:
+TRAIN_PHASES = ("zero_grad", "forward", "backward", "optimizer")
+
+
+def train_step(model, optimizer, ids, *, precision: str = "pure", compute_dtype: str = "bfloat16", phase=None) -> None:
     """zero_grad first, so after a step the grads stay live for the breakdown. Mixed precision: the
-    forward (and loss) under autocast, backward outside it, as Trainer / accelerate do."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(precision, compute_dtype, ids.device.type):
+    forward (and loss) under autocast, backward outside it, as Trainer / accelerate do. `phase(name)`,
+    a context manager factory (a tracker's `phase`), brackets each of TRAIN_PHASES."""
+    within = phase or (lambda _name: contextlib.nullcontext())
+    with within("zero_grad"):
+        optimizer.zero_grad(set_to_none=True)
+    with within("forward"), autocast(precision, compute_dtype, ids.device.type):
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-    loss.backward()
-    optimizer.step()
+    with within("backward"):
+        loss.backward()
+    with within("optimizer"):
+        optimizer.step()
 
 
 def model_parts(model, optimizer=None) -> dict[str, list]:

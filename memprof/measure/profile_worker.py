@@ -221,9 +221,10 @@ def profile_setting(request: dict, out: _Out) -> None:
             ids = torch.randint(0, vocab, (batch, seq), generator=generator).to(model.device)
             model.eval()
 
-            def forward():
-                with torch.no_grad(), autocast(precision, setting.dtype, ids.device.type):
-                    model(input_ids=ids, use_cache=False)
+            def forward(phase=None):
+                with (phase or (lambda _n: contextlib.nullcontext()))("forward"):
+                    with torch.no_grad(), autocast(precision, setting.dtype, ids.device.type):
+                        model(input_ids=ids, use_cache=False)
 
             if cuda:
                 _reset_gpu_peaks(sampler)
@@ -238,6 +239,13 @@ def profile_setting(request: dict, out: _Out) -> None:
             result["peak_rss_bytes"] = _rss_peak_bytes()
             data["forward"] = result
             out.save()
+
+            # -- generate -----------------------------------------------------------------
+            if request.get("generate"):  # before training: LoRA would wrap the model
+                phase = "generate"
+                _announce(out, "generate")
+                data["generate"] = _generate(request, model, ids, sampler)
+                out.save()
 
             # -- train --------------------------------------------------------------------
             if request["train"] != "none":
@@ -265,23 +273,51 @@ def profile_setting(request: dict, out: _Out) -> None:
     out.save()
 
 
+def _generate(request: dict, model, ids, sampler) -> dict:
+    """`generate` of exactly request["generate"] new tokens from the forward's prompt (memprof.measure.generate)."""
+    from memprof.measure.generate import GenerateRequest, measure_generate
+
+    cuda = request["device"] == "cuda"
+    spec = GenerateRequest(
+        new_tokens=int(request["generate"]),
+        repeats=request["repeats"],
+        warmup=request["warmup"],
+        device=request["device"],
+        cache=request.get("cache", "dynamic"),
+    )
+    peaks = (lambda: _gpu_peaks(sampler)) if cuda else None
+    reset = (lambda: _reset_gpu_peaks(sampler)) if cuda else None
+    result = measure_generate(model, ids, spec, peaks=peaks, reset_peaks=reset)
+    result["peak_rss_bytes"] = _rss_peak_bytes()
+    return result
+
+
 def _tracked_once(fn, model, ids, optimizer=None, *, categories=False) -> dict:
-    """Run `fn` once under the live-bytes tracker (CPU): its exact live-tensor peak, and its time."""
+    """Run `fn` once under the live-bytes tracker (CPU): its exact live-tensor peak, its time, and the
+    timeline of its live bytes (by kind with `categories`); `fn` takes the tracker's phase factory."""
+    from memprof.measure.timeline import timeline_from_tracker
     from memprof.measure.tracker import LiveBytesTracker
 
     gc.collect()
     with LiveBytesTracker() as tracker:
         tracker.track(*_model_parts(model, optimizer).values(), ids)
+        first_event = tracker.last_event
+        # what each storage held before the step: the last step's grads stay grads when zero_grad frees them
+        before = tracker.claims({**_model_parts(model, optimizer), "inputs": [ids]})
         # no reference kept: the previous step's grads must be freed when zero_grad drops them
         start = time.perf_counter()
-        fn()
+        fn(tracker.phase)
         tracked_ms = (time.perf_counter() - start) * 1000
     result = {"peak_bytes": tracker.peak_bytes, "tracked_ms": tracked_ms}
+    parts = {**_model_parts(model, optimizer), "inputs": [ids]}  # grads and optimizer states exist now
     if categories:
-        parts = _model_parts(model, optimizer)  # grads and optimizer states exist now
-        breakdown = tracker.breakdown_at_peak({**parts, "inputs": [ids]})
+        breakdown = tracker.breakdown_at_peak(parts)
         breakdown["activations_temporaries"] = breakdown.pop("other")
         result["breakdown"] = breakdown
+    timeline = timeline_from_tracker(
+        tracker, parts, other="activations_temporaries", earlier=[before], start_event=first_event
+    )
+    result["timeline"] = timeline.to_json()
     return result
 
 
@@ -332,8 +368,8 @@ def _train(request: dict, setting, model, ids, sampler) -> dict:
 
     precision = request.get("precision", "pure")
 
-    def step():
-        train_step(model, optimizer, ids, precision=precision, compute_dtype=setting.dtype)
+    def step(phase=None):
+        train_step(model, optimizer, ids, precision=precision, compute_dtype=setting.dtype, phase=phase)
 
     batch, seq, repeats, warmup = request["batch"], request["seq"], request["repeats"], request["warmup"]
     if cuda:
