@@ -222,9 +222,9 @@ def profile_setting(request: dict, out: _Out) -> None:
             model.eval()
 
             def forward(phase=None):
-                with (phase or (lambda _n: contextlib.nullcontext()))("forward"):
-                    with torch.no_grad(), autocast(precision, setting.dtype, ids.device.type):
-                        model(input_ids=ids, use_cache=False)
+                within = phase or (lambda _name: contextlib.nullcontext())
+                with within("forward"), torch.no_grad(), autocast(precision, setting.dtype, ids.device.type):
+                    model(input_ids=ids, use_cache=False)
 
             if cuda:
                 _reset_gpu_peaks(sampler)
