@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from memprof import catalog
-from memprof.errors import ProfileOptionError, ResultFileError
+from memprof.errors import MemprofError, ProfileOptionError, ResultFileError
 from memprof.inventory import inventory_for
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
@@ -58,6 +58,32 @@ class ForwardProfile:
     peak_rss_bytes: int | None = None
     tracked_ms: float | None = None  # CPU: the separate step run under the live-bytes tracker
     overhead_pct: float | None = None  # GPU: time the NVML sampler adds
+    timeline: dict | None = None  # CPU: memprof.measure.timeline.Timeline JSON of the tracked forward
+
+
+@dataclass(frozen=True)
+class GenerateProfile:
+    """`generate` with exactly `new_tokens` greedy tokens (memprof.measure.generate): time to first
+    token, decode speed, the KV cache really held at the end and memprof's arithmetic for it."""
+
+    new_tokens: int
+    prompt_tokens: int
+    batch: int
+    cache: str  # "dynamic" (DynamicCache) or "static" (StaticCache)
+    prefill_ms: float  # median: a generate of one new token, the time to first token
+    generate_ms: float  # median: the whole generate of new_tokens
+    decode_ms: float  # generate_ms - prefill_ms: the new_tokens - 1 decode steps
+    kv_cache_bytes: int  # the cache's storages after generate (prompt + new_tokens - 1 tokens)
+    kv_cache_tokens: int
+    peak_bytes: int
+    prefill_iqr_ms: float | None = None
+    generate_iqr_ms: float | None = None
+    decode_tokens_per_s: float | None = None  # None when the decode time is within the prefill's noise
+    predicted_kv_cache_bytes: int | None = None  # memprof.kvcache's exact arithmetic for the same tokens
+    peak_kind: str = ""
+    reserved_peak_bytes: int | None = None
+    device_peak_bytes: int | None = None
+    peak_rss_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +108,14 @@ class TrainProfile:
     overhead_pct: float | None = None
     breakdown_method: str = ""
     notes: tuple[str, ...] = ()
+    timeline: dict | None = None  # CPU: memprof.measure.timeline.Timeline JSON of the tracked step
+    # --nproc N: every rank's peak (peak_bytes is their maximum), the shard mode, and the time a rank
+    # spent per step in collectives (all-gather, reduce-scatter, all-reduce; they overlap compute on CUDA)
+    rank_peak_bytes: tuple[int, ...] | None = None
+    world_size: int = 1
+    shard: str = "none"
+    collective_ms: float | None = None
+    rank_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,7 @@ class SettingProfile:
     forward: ForwardProfile | None = None
     train: TrainProfile | None = None
     offload: OffloadProfile | None = None
+    generate: GenerateProfile | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +169,10 @@ class ProfileReport:
     # holds what each setting's step ran with
     precision: str | None = "pure"
     max_gpu_memory_bytes: int | None = None
+    generate: int = 0  # --generate N: new tokens per setting (0: no generate phase)
+    cache: str = "dynamic"
+    nproc: int = 1  # --nproc N: the training step in N ranks under torch.distributed
+    shard: str = "none"
     interrupted: bool = False
     created: str = ""
     notes: tuple[str, ...] = ()
@@ -417,12 +456,20 @@ def _known(cls, data: dict) -> dict:
 
 def _setting_from_json(data: object, where: str) -> SettingProfile:
     values = fields_from_json(SettingProfile, data, where)
-    for name, kind in (("load", LoadProfile), ("forward", ForwardProfile), ("offload", OffloadProfile)):
+    for name, kind in (
+        ("load", LoadProfile),
+        ("forward", ForwardProfile),
+        ("offload", OffloadProfile),
+        ("generate", GenerateProfile),
+    ):
         if values.get(name) is not None:
             values[name] = kind(**fields_from_json(kind, values[name], f"{where}.{name}"))
     if values.get("train") is not None:
         train = fields_from_json(TrainProfile, values["train"], f"{where}.train")
         train["notes"] = tuple(train["notes"])
+        train["rank_errors"] = tuple(train["rank_errors"])
+        if train.get("rank_peak_bytes") is not None:
+            train["rank_peak_bytes"] = tuple(train["rank_peak_bytes"])
         values["train"] = TrainProfile(**train)
     return SettingProfile(**values)
 
@@ -642,6 +689,10 @@ def profile(
     trust_remote_code: bool = False,
     on_progress: Callable[[str, str], None] | None = None,
     timeout_s: float | None = None,
+    generate: int = 0,
+    cache: str = "dynamic",
+    nproc: int = 1,
+    shard: str | None = None,
 ) -> ProfileReport:
     """Measure MODEL at each setting (default fp32, bf16, int8, nf4, nf4-dq), each in a fresh process.
 
@@ -656,6 +707,12 @@ def profile(
     on for QLoRA, off otherwise). `precision` (memprof.step.PRECISIONS) None: mixed for a full fine-tune
     of a 16-bit setting, pure otherwise; mixed loads the weights in fp32 and runs the forward passes
     under autocast to the setting's dtype.
+
+    `generate` N > 0 adds a phase per setting: `model.generate` of exactly N greedy tokens from the
+    forward's prompt (prefill time, decode tokens/s, the KV cache held, its peak); `cache` "static"
+    generates with transformers' StaticCache. `nproc` N > 1 runs the training step in N ranks under
+    torch.distributed (`shard` ddp, fsdp, zero2 or zero3; ddp by default), every rank measured; the
+    single-process phases (forward, generate, offload) are not run then.
     """
     from memprof.measure.load import check_device, weights_for
     from memprof.measure.profile_worker import run_profile_worker
@@ -673,6 +730,8 @@ def profile(
         timeout_s=timeout_s,
         save_to=save_to,
     )
+    shard = _check_distributed(chosen, nproc=nproc, shard=shard, train=train, generate=generate, budget=max_gpu_memory)
+    _check_generate(generate, cache, seq=seq, config=resolved.config)
     step_task = {"full": "full", "lora": "lora", "none": "infer"}[train]
     precisions = {s.name: check_precision(precision, step_task, s) for s in chosen}  # all refused before any run
     budget = parse_bytes(max_gpu_memory) if isinstance(max_gpu_memory, str) else max_gpu_memory
@@ -709,8 +768,23 @@ def profile(
         grad_checkpointing=grad_checkpointing,
         precision=precision,
         max_gpu_memory_bytes=budget,
+        generate=generate,
+        cache=cache,
+        nproc=nproc,
+        shard=shard,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    if nproc > 1:
+        notes.append(
+            f"Training step in {nproc} ranks under torch.distributed ({'nccl' if device == 'cuda' else 'gloo'}), "
+            f"{_SHARD_WORDS[shard]}; every rank's peak is shown, peak = the largest."
+        )
+    if generate:
+        notes.append(
+            f"generate: exactly {generate} greedy new tokens from the forward's prompt ({cache} cache); prefill = "
+            "time to first token, decode = the further tokens; KV cache = its storages after generate, "
+            "beside memprof's arithmetic for the same tokens."
+        )
     rows: list[SettingProfile] = []
 
     def report(weights: str, *, interrupted: bool = False) -> ProfileReport:
@@ -745,10 +819,22 @@ def profile(
                     "max_gpu_memory_bytes": budget if device == "cuda" else None,
                     "threads": threads,
                     "trust_remote_code": trust_remote_code,
+                    "generate": generate,
+                    "cache": cache,
                 }
-                raw = run_profile_worker(
-                    request, on_phase=lambda phase, name=setting.name: say(name, phase), timeout_s=timeout_s
-                )
+                if nproc > 1:
+                    from memprof.measure.distributed import run_ranks
+
+                    say(setting.name, f"training in {nproc} ranks ({shard})")
+                    raw = _ranks_result(run_ranks(request, nproc=nproc, shard=shard, timeout_s=timeout_s))
+                else:
+                    raw = run_profile_worker(
+                        request, on_phase=lambda phase, name=setting.name: say(name, phase), timeout_s=timeout_s
+                    )
+                if generate and raw.get("generate"):
+                    raw["generate"]["predicted_kv_cache_bytes"] = _predicted_kv_bytes(
+                        resolved.config, setting, raw["generate"]
+                    )
                 for key in ("gpu_name", "torch_threads", "cuda"):
                     if raw.get("env", {}).get(key) is not None:
                         env.setdefault(f"worker_{key}", raw["env"][key])
@@ -760,6 +846,92 @@ def profile(
             report(weights_note, interrupted=True).save(save_to)
         raise
     return report(weights_note)
+
+
+_SHARD_WORDS = {
+    "ddp": "DDP (every rank holds the whole model, plus gradient buckets)",
+    "fsdp": "FSDP2 fully_shard per decoder layer and the root, resharding after forward (ZeRO-3)",
+    "zero3": "FSDP2 fully_shard per decoder layer and the root, resharding after forward (ZeRO-3)",
+    "zero2": "FSDP2 without resharding after forward (ZeRO-2: grads and optimizer states sharded)",
+}
+
+
+def _check_distributed(chosen, *, nproc: int, shard: str | None, train: str, generate: int, budget) -> str:
+    """The shard mode the run uses ("none" for one process), or ProfileOptionError in one line."""
+    from memprof.measure.distributed import SHARD_MODES
+
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ProfileOptionError(f"--nproc must be a whole number >= 1, not {nproc!r}")
+    if nproc == 1:
+        if shard not in (None, "none"):
+            raise ProfileOptionError(f"--shard {shard} shards over ranks: give --nproc 2 or more")
+        return "none"
+    shard = shard or "ddp"
+    if shard not in SHARD_MODES:
+        raise ProfileOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARD_MODES)}")
+    if train == "none":
+        raise ProfileOptionError("--nproc runs the training step in ranks: give --train lora or --train full")
+    quantized = [s.name for s in chosen if s.quantized]
+    if quantized:
+        raise ProfileOptionError(
+            f"--nproc with bitsandbytes settings ({', '.join(quantized)}) is not measured yet (FSDP cannot shard "
+            "bitsandbytes' packed weights here); use --settings bf16,fp32, or profile QLoRA in one process"
+        )
+    if generate:
+        raise ProfileOptionError("--generate measures one process: leave out --nproc, or --generate")
+    if budget is not None:
+        raise ProfileOptionError("--max-gpu-memory/--gpu plan offload for one process: leave them out with --nproc")
+    return shard
+
+
+def _check_generate(generate: int, cache: str, *, seq: int, config: dict) -> None:
+    from memprof.measure.generate import CACHES
+    from memprof.simulate import max_positions
+
+    if not isinstance(generate, int) or isinstance(generate, bool) or generate < 0:
+        raise ProfileOptionError(f"--generate must be a whole number of new tokens >= 0, not {generate!r}")
+    if cache not in CACHES:
+        raise ProfileOptionError(f"unknown --cache {cache!r}; use one of {', '.join(CACHES)}")
+    limit = max_positions(config)
+    if generate and limit is not None and seq + generate > limit:
+        raise ProfileOptionError(
+            f"--seq {seq} + --generate {generate} = {seq + generate:,} is longer than the model's {limit} positions; "
+            f"use --seq + --generate <= {limit}"
+        )
+
+
+def _predicted_kv_bytes(config: dict, setting: Setting, measured: dict) -> int | None:
+    """memprof.kvcache's arithmetic for the tokens the measured cache holds, in the model's dtype."""
+    from memprof.kvcache import KV_DTYPE_BYTES, kv_layout
+
+    try:
+        layout = kv_layout(config)
+    except MemprofError:
+        return None
+    return layout.sequence_bytes(measured["kv_cache_tokens"], KV_DTYPE_BYTES[setting.dtype], batch=measured["batch"])
+
+
+def _ranks_result(ranks: list[dict]) -> dict:
+    """One setting's raw result from every rank's: the train phase of the rank with the largest peak,
+    every rank's peak beside it, the first failure as the row's error."""
+    finished = [r for r in ranks if r.get("train")]
+    errors = [f"rank {r['rank']}: {r['error']}" for r in ranks if r.get("error")]
+    raw: dict = {}
+    if finished:
+        top = max(finished, key=lambda r: r["train"]["peak_bytes"])
+        train = dict(top["train"])
+        train["rank_peak_bytes"] = [r["train"]["peak_bytes"] if r.get("train") else None for r in ranks]
+        if any(p is None for p in train["rank_peak_bytes"]):
+            train["rank_peak_bytes"] = None
+        train["world_size"] = top["world_size"]
+        train["shard"] = top["shard"]
+        train["collective_ms"] = max(r["train"].get("collective_ms", 0.0) for r in finished)
+        train["rank_errors"] = errors
+        raw["train"] = train
+    if errors:
+        raw["error"] = errors[0]
+        raw["failed_phase"] = next(r.get("failed_phase") for r in ranks if r.get("error"))
+    return raw
 
 
 def _timing_note(device: str) -> str:
@@ -781,10 +953,14 @@ def _row(name: str, raw: dict, plan: dict | None, env: dict) -> SettingProfile:
     if raw.get("train"):
         values = _known(TrainProfile, raw["train"])
         values["notes"] = tuple(values.get("notes", ()))
+        values["rank_errors"] = tuple(values.get("rank_errors", ()))
+        if values.get("rank_peak_bytes") is not None:
+            values["rank_peak_bytes"] = tuple(values["rank_peak_bytes"])
         card = catalog_gpu_for(env.get("gpu_name") or env.get("worker_gpu_name"))
         if card is not None:
             values["peak_fraction"] = values["tflops"] / card.bf16_dense_tflops
         train = TrainProfile(**values)
+    generate = GenerateProfile(**_known(GenerateProfile, raw["generate"])) if raw.get("generate") else None
     offload = None
     if plan is not None:
         measured = raw.get("offload") or {}
@@ -798,6 +974,7 @@ def _row(name: str, raw: dict, plan: dict | None, env: dict) -> SettingProfile:
         forward=forward,
         train=train,
         offload=offload,
+        generate=generate,
     )
 
 

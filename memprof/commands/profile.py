@@ -67,6 +67,28 @@ class ProfileCommand:
             metavar="NAME",
             help="GPU budget = a catalog card's memory (names as `memprof plan --gpus`, e.g. T4, h100)",
         )
+        parser.add_argument(
+            "--generate",
+            type=int,
+            default=0,
+            metavar="N",
+            help="also time model.generate of exactly N greedy new tokens: prefill, decode tok/s, KV cache (default 0: off)",
+        )
+        parser.add_argument(
+            "--cache", choices=("dynamic", "static"), default="dynamic", help="--generate's KV cache (default dynamic)"
+        )
+        parser.add_argument(
+            "--nproc",
+            type=int,
+            default=1,
+            metavar="N",
+            help="run the training step in N ranks under torch.distributed (gloo on cpu, nccl on cuda; default 1)",
+        )
+        parser.add_argument(
+            "--shard",
+            choices=("ddp", "fsdp", "zero2", "zero3"),
+            help="with --nproc: ddp (default), fsdp/zero3 (FSDP2, reshard after forward), zero2 (FSDP2, no reshard)",
+        )
         parser.add_argument("--threads", type=int, help="torch CPU threads in each worker (default: torch's)")
         parser.add_argument(
             "--timeout",
@@ -179,4 +201,8 @@ class ProfileCommand:
                 trust_remote_code=args.trust_remote_code,
                 on_progress=on_progress,
                 timeout_s=args.timeout,
+                generate=args.generate,
+                cache=args.cache,
+                nproc=args.nproc,
+                shard=args.shard,
             )

@@ -312,10 +312,18 @@ def rank_main(out: Path) -> None:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        with clock:
-            timing = time_calls(step, repeats=repeats, warmup=warmup, device="cuda" if cuda else "cpu")
-        steps = repeats + warmup  # the collectives of the timed steps only
+        for _ in range(warmup):
+            step()
+        with clock:  # the collectives of the timed steps only
+            timing = time_calls(step, repeats=repeats, warmup=0, device="cuda" if cuda else "cpu")
+        steps = repeats
         result = {
+            "mode": request["train"],
+            "grad_checkpointing": request.get("grad_checkpointing", False),
+            "precision": precision,
+            "trainable_params": sum(p.numel() for p in trainable),  # a DTensor's numel is the whole parameter's
+            "breakdown_method": "exact: live storages at the tracked peak, classified (a DTensor by its local shard)",
+            "notes": [],
             "median_ms": timing.median_ms,
             "iqr_ms": timing.iqr_ms,
             "min_ms": timing.min_ms,
@@ -339,6 +347,11 @@ def rank_main(out: Path) -> None:
             breakdown = tracker.breakdown_at_peak({**parts, "inputs": [ids]})
             breakdown["activations_temporaries"] = breakdown.pop("other")
             result["breakdown"] = breakdown
+        from memprof.measure.flops import count_flops
+
+        # after the measured step: a step under the FLOP counter leaves state behind that moved the peak
+        result["flops"] = count_flops(step)  # this rank's step (its own batch, the whole model's math)
+        result["tflops"] = result["flops"] / (timing.median_ms / 1000) / 1e12
         data["train"] = result
     except Exception as exc:  # a rank's failure is its row: the message, and the phase it was in
         oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()

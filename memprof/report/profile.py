@@ -153,6 +153,37 @@ def _train_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
     )
 
 
+def _generate_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
+    head = ["setting", "prefill ms", "decode tok/s", "generate ms", "KV cache", "memprof KV", "peak"]
+
+    def cells(g) -> list[str]:
+        predicted = _b(g.predicted_kv_cache_bytes)
+        if g.predicted_kv_cache_bytes is not None:
+            predicted += " (=)" if g.predicted_kv_cache_bytes == g.kv_cache_bytes else " (≠)"
+        return [
+            _ms(g.prefill_ms),
+            _rate(g.decode_tokens_per_s),
+            _ms(g.generate_ms),
+            f"{_b(g.kv_cache_bytes)} / {g.kv_cache_tokens:,} tok",
+            predicted,
+            _b(g.peak_bytes),
+        ]
+
+    return _phase_rows(report, "generate", head, cells)
+
+
+def _rank_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
+    """The training peak of every rank side by side, and the time a rank spent in collectives."""
+    trained = [r for r in report.settings if r.train is not None and r.train.rank_peak_bytes]
+    world = max((len(r.train.rank_peak_bytes) for r in trained), default=0)
+    head = ["setting", "shard", *[f"rank {i}" for i in range(world)], "collectives ms/step"]
+    rows = [
+        [r.setting, r.train.shard, *[_b(b) for b in r.train.rank_peak_bytes], _ms(r.train.collective_ms)]
+        for r in trained
+    ]
+    return head, rows
+
+
 def _device_peak_rows(report: ProfileReport) -> tuple[list[str], list[list[str]]]:
     """GPU peaks beside the allocator's: reserved by the caching allocator, whole device by NVML."""
     head = ["setting", "phase", "allocated", "reserved", "device (NVML)"]
@@ -224,12 +255,16 @@ def _without_empty_columns(head: list[str], rows: list[list[str]]) -> tuple[list
 
 def _sections(report: ProfileReport) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
     train = "none" if report.train == "none" else f"{report.train}; {_precision(report)}{_checkpointing(report)}"
-    sections = [
-        ("Load", _load_rows(report)),
-        ("Forward (no grad)", _forward_rows(report)),
-    ]
+    sections = []
+    if report.nproc == 1:  # in ranks, only the training step is measured
+        sections += [("Load", _load_rows(report)), ("Forward (no grad)", _forward_rows(report))]
+    if report.generate:
+        sections.append((f"Generate ({report.generate} new tokens, {report.cache} cache)", _generate_rows(report)))
     if report.train != "none":
-        sections.append((f"Training step ({train}; forward + backward + AdamW)", _train_rows(report)))
+        ranks = f" in {report.nproc} ranks, {report.shard}" if report.nproc > 1 else ""
+        sections.append((f"Training step ({train}; forward + backward + AdamW{ranks})", _train_rows(report)))
+    if report.nproc > 1:
+        sections.append(("Training peak of every rank", _rank_rows(report)))
     device_peaks = _device_peak_rows(report)
     if device_peaks[1]:
         sections.append(("GPU memory peaks (allocated, reserved by the caching allocator, whole device)", device_peaks))
@@ -291,6 +326,28 @@ def _legend_lines(width: int = LEGEND_WIDTH) -> list[Text]:
     return [*lines, line]
 
 
+def _timelines(report: ProfileReport) -> list[tuple[str, object]]:
+    """(setting, Timeline) of each setting's tracked training step (CPU runs record one)."""
+    from memprof.measure.timeline import Timeline
+
+    return [
+        (r.setting, Timeline.from_json(r.train.timeline))
+        for r in report.settings
+        if r.train is not None and r.train.timeline
+    ]
+
+
+def timeline_lines(report: ProfileReport) -> list:
+    """The training step's live bytes over time, a sparkline per phase, per setting."""
+    from memprof.report.timeline import timeline_sparklines
+
+    lines: list = []
+    for setting, timeline in _timelines(report):
+        lines += [Text(f"{setting}: training step over time (live bytes; ▁ to █ from the phase's low to its high)")]
+        lines.append(timeline_sparklines(timeline))
+    return lines
+
+
 def profile_renderables(report: ProfileReport) -> Group:
     parts: list = [Text(_title(report), style="bold")]
     for title, (head, rows) in _sections(report):
@@ -298,6 +355,9 @@ def profile_renderables(report: ProfileReport) -> Group:
     chart = breakdown_chart(report)
     if chart is not None:
         parts += [Text(""), chart]
+    lines = timeline_lines(report)
+    if lines:
+        parts += [Text(""), *lines]
     parts.append(Text(""))
     for note in _notes(report):
         parts.append(Text(f"• {note}", style="dim"))
@@ -329,7 +389,23 @@ def render_profile_text(report: ProfileReport, *, width: int = 140) -> str:
 
 
 def render_profile_html(report: ProfileReport) -> str:
-    return render_html(profile_renderables(report), width=160)
+    from memprof.report.timeline import timeline_svg
+
+    html = render_html(profile_renderables(report), width=160)
+    charts = [
+        timeline_svg(timeline, title=f"{report.model} · {setting} · training step, live bytes by kind")
+        for setting, timeline in _timelines(report)
+    ]
+    return with_charts(html, charts)
+
+
+def with_charts(html: str, svgs: list[str]) -> str:
+    """The rendered page with the SVG charts after its text (rich's export knows no SVG)."""
+    if not svgs:
+        return html
+    block = "\n".join(f'<div style="margin: 1em 0">{svg}</div>' for svg in svgs)
+    head, sep, tail = html.rpartition("</body>")
+    return f"{head}{block}\n{sep}{tail}" if sep else html + block
 
 
 def render_profile_md(report: ProfileReport) -> str:

@@ -1,0 +1,94 @@
+"""`memprof profile --generate N` (prefill, decode, the KV cache held), `--nproc N --shard MODE` (every
+rank measured) and the training step's timeline, through the command line as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memprof.cli import main
+from memprof.kvcache import kv_layout
+from memprof.profile import ProfileReport
+
+
+def _run(argv, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_generate_measures_prefill_decode_and_the_cache_memprof_predicts(arch, tiny_model_dir, tmp_path, capsys):
+    folder = tiny_model_dir(arch)
+    out = tmp_path / "r.json"
+    argv = ["profile", str(folder), "--settings", "bf16", "--seq", "70", "--generate", "8", "--train", "none"]
+    code, _, err = _run([*argv, "--repeats", "2", "--warmup", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    report = ProfileReport.load(out)
+    g = report.settings[0].generate
+    assert (g.new_tokens, g.prompt_tokens, g.kv_cache_tokens) == (8, 70, 77)
+    config = json.loads((folder / "config.json").read_text())
+    assert g.kv_cache_bytes == g.predicted_kv_cache_bytes == kv_layout(config).sequence_bytes(77, 2)
+    if arch == "gemma2":  # its sliding window (64 in the tiny config) caps half the layers' cache
+        assert g.kv_cache_bytes < kv_layout(config).bytes_per_token(2) * 77
+    assert g.prefill_ms > 0 and g.generate_ms > g.prefill_ms * 0 and g.peak_bytes > g.kv_cache_bytes
+    code, text, _ = _run(["report", str(out)], capsys)
+    assert code == 0 and "Generate (8 new tokens, dynamic cache)" in text and "(=)" in text
+
+
+@pytest.mark.slow
+def test_the_training_step_has_a_timeline_whose_peak_is_the_steps(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["profile", str(tiny_model_dir("llama")), "--settings", "bf16", "--seq", "32", "--repeats", "1"]
+    code, _, err = _run([*argv, "--out", str(out)], capsys)
+    assert code == 0, err
+    train = ProfileReport.load(out).settings[0].train
+    points = train.timeline["points"]
+    assert len(points) >= 10
+    assert max(p["bytes"] for p in points) == train.timeline["peak_bytes"] == train.peak_bytes
+    assert [p["name"] for p in train.timeline["phases"]] == ["zero_grad", "forward", "backward", "optimizer"]
+    code, text, _ = _run(["report", str(out)], capsys)
+    assert "training step over time" in text and "← the peak" in text
+    code, html, _ = _run(["report", str(out), "--format", "html"], capsys)
+    assert code == 0 and html.count("<svg") == 1 and "peak" in html
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", ["fsdp", "ddp"])
+def test_nproc_measures_every_rank(shard, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["profile", str(tiny_model_dir("llama")), "--settings", "bf16", "--seq", "32", "--repeats", "1"]
+    argv += ["--nproc", "2", "--shard", shard, "--train", "full", "--out", str(out)]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    report = ProfileReport.load(out)
+    assert (report.nproc, report.shard) == (2, shard)
+    train = report.settings[0].train
+    assert len(train.rank_peak_bytes) == 2 and train.peak_bytes == max(train.rank_peak_bytes)
+    assert train.world_size == 2 and train.shard == shard and train.collective_ms > 0
+    assert sum(train.breakdown.values()) == train.peak_bytes
+    code, text, _ = _run(["report", str(out)], capsys)
+    assert "Training peak of every rank" in text and "rank 1" in text and "Load" not in text
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--nproc", "0"], "--nproc must be a whole number >= 1"),
+        (["--shard", "fsdp"], "--shard fsdp shards over ranks: give --nproc 2"),
+        (["--nproc", "2", "--train", "none"], "give --train lora or --train full"),
+        (["--nproc", "2", "--settings", "nf4"], "not measured yet"),
+        (["--nproc", "2", "--generate", "4"], "--generate measures one process"),
+        (["--generate", "-1"], "--generate must be a whole number"),
+        (["--seq", "100", "--generate", "100"], "longer than the model's 128 positions"),
+        (["--cache", "paged"], "invalid choice"),
+    ],
+)
+def test_bad_generate_and_rank_options_are_one_line(extra, message, tiny_model_dir, tmp_path, capsys):
+    argv = ["profile", str(tiny_model_dir("llama")), "--settings", "bf16", "--seq", "32"]
+    argv += ["--out", str(tmp_path / "r.json"), *extra]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
