@@ -253,6 +253,7 @@ def load_result(path: Path):
     from memprof.footprint import FOOTPRINT_KIND
     from memprof.lora import LORA_KIND, LORA_SWEEP_KIND, LoraReport, LoraSweep
     from memprof.plan import PLAN_KIND, PlanReport
+    from memprof.serve import SERVE_KIND, ServePlan
     from memprof.validate import VALIDATE_KIND, ValidationReport
 
     path = Path(path)
@@ -261,6 +262,7 @@ def load_result(path: Path):
     decoded = {PLAN_KIND: ("plan", PlanReport), LORA_KIND: ("lora-params", LoraReport)}
     decoded[LORA_SWEEP_KIND] = ("lora-params --sweep", LoraSweep)
     decoded[COMPARE_KIND] = ("compare", ProfileComparison)
+    decoded[SERVE_KIND] = ("plan --task serve", ServePlan)
     if kind in decoded:
         command, cls = decoded[kind]
         try:

@@ -102,3 +102,14 @@ def test_cli_json_md_html(capsys, monkeypatch):
     assert main(["plan", "openai-community/gpt2", "--task", "serve", "--context", "1024", "--gpus", "T4"]) == 0
     text = capsys.readouterr().out
     assert "36,864 bytes per token" in text and "ESTIMATES" in text
+
+
+def test_report_re_renders_a_saved_serve_plan(tmp_path, capsys):
+    saved = tmp_path / "serve.json"
+    argv = ["plan", "openai-community/gpt2", "--task", "serve", "--context", "1024", "--gpus", "T4", "--json"]
+    assert main([*argv, "--out", str(saved)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(saved), "--json"]) == 0
+    assert capsys.readouterr().out == saved.read_text()
+    assert main(["report", str(saved), "--format", "md"]) == 0
+    assert "| ★ T4 |" in capsys.readouterr().out

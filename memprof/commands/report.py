@@ -1,5 +1,5 @@
 """Re-render a saved `memprof profile`, `memprof footprint --json`, `memprof validate --save`, `memprof plan
---json`, `memprof lora-params --json` or `memprof compare --json` result (the JSON is the session; every format comes from it)."""
+--json` (--task serve too), `memprof lora-params --json` or `memprof compare --json` result (the JSON is the session; every format comes from it)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class ReportCommand:
         from memprof.lora import LoraReport, LoraSweep
         from memprof.plan import PlanReport
         from memprof.profile import ProfileComparison, load_result
+        from memprof.serve import ServePlan
         from memprof.validate import ValidationReport
 
         output_format(args)  # a --json/--format contradiction is one line before any work
@@ -42,6 +43,10 @@ class ReportCommand:
             from memprof.report.validate import render_validate_html, render_validate_md, validate_renderables
 
             emit(report, args, console, table=validate_renderables, md=render_validate_md, html=render_validate_html)
+        elif isinstance(report, ServePlan):
+            from memprof.report.serve import render_serve_html, render_serve_md, serve_renderables
+
+            emit(report, args, console, table=serve_renderables, md=render_serve_md, html=render_serve_html)
         elif isinstance(report, PlanReport):
             from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
 

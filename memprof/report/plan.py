@@ -177,7 +177,7 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
         table,
         Text(""),
         Text(
-            f"Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context; in GiB:",
+            f"Memory at the peak ({bd.peak_phase}) {_where(r)}: {gib(bd.total_bytes)}{_plus_context(r)}; in GiB:",
             style="bold",
         ),
         _Bar(bd),
@@ -196,6 +196,14 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
     return Group(*parts)
 
 
+def _where(r: PlanReport) -> str:
+    return "on this machine" if r.device == "cpu" else f"per GPU{_at(r)}"
+
+
+def _plus_context(r: PlanReport) -> str:
+    return "" if r.device == "cpu" else " + CUDA context"
+
+
 def _at(r: PlanReport) -> str:
     """With --num-gpus auto, which count the breakdown is at (the starred card's)."""
     return f" at {r.num_gpus} GPU{'s' if r.num_gpus > 1 else ''} (the ★ card's)" if r.num_gpus_auto else ""
@@ -203,13 +211,18 @@ def _at(r: PlanReport) -> str:
 
 def _answer(r: PlanReport) -> str:
     """The line that answers the question: which card, how much left free, at what batch."""
-    if r.cheapest is None:
-        return "No GPU fits without offload."
-    g = next(g for g in r.gpus if g.name == r.cheapest)
+    fitting = [g for g in r.gpus if g.verdict in ("fits", "tight")]
+    if r.cheapest is None and not fitting:
+        return "Nothing fits without offload." if r.device == "cpu" else "No GPU fits without offload."
+    # the starred card; where no card that fits has a price (this machine, a --gpu-file card), the
+    # first that fits, said without a star
+    g = next(g for g in r.gpus if g.name == r.cheapest) if r.cheapest is not None else fitting[0]
     tight = " (tight)" if g.verdict == "tight" else ""
     batch = f"max batch {g.max_batch:,}" if g.max_batch else "not batch 1 with the margin free"
     cards = f"{g.num_gpus} × " if r.num_gpus_auto or g.num_gpus > 1 else ""
     per_gpu = " per GPU" if cards else ""
+    if r.cheapest is None:
+        return f"Fits: {cards}{g.name}{tight}, {_gib(g.headroom_bytes)} GiB free{per_gpu}; {batch} at seq {r.seq:,} (no price known, so no ★)"
     return (
         f"★ lowest $/h that fits: {cards}{g.name}{tight}, ${significant(g.usd_per_hour)}/h, {_gib(g.headroom_bytes)} "
         f"GiB free{per_gpu}; {batch} at seq {r.seq:,}"
@@ -228,7 +241,7 @@ def render_plan_md(r: PlanReport) -> str:
     head = _head(r, wrapped=False)
     # md_table escapes a `|` in a cell: GPU names come from the user's --gpu-file
     lines += md_table(list(head), [_cells(g, _cost_digits(r), auto=r.num_gpus_auto) for g in r.gpus])
-    lines += ["", f"### Memory at the peak ({bd.peak_phase}) per GPU{_at(r)}: {gib(bd.total_bytes)} + CUDA context", ""]
+    lines += ["", f"### Memory at the peak ({bd.peak_phase}) {_where(r)}: {gib(bd.total_bytes)}{_plus_context(r)}", ""]
     training_only = ("trainable_params_bytes", "grads_bytes", "optimizer_states_bytes")
     parts = [(name, label) for name, label, _, _ in BAR_PARTS if r.task != "infer" or name not in training_only]
     part_rows = [[label, count(getattr(bd, name)), gib(getattr(bd, name))] for name, label in parts]
