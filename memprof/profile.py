@@ -776,9 +776,9 @@ def profile(
         shard=shard,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    if nproc > 1:
+    if shard != "none":
         notes.append(
-            f"Training step in {nproc} ranks under torch.distributed ({'nccl' if device == 'cuda' else 'gloo'}), "
+            f"Training step in {nproc} rank{'s' if nproc > 1 else ''} under torch.distributed ({'nccl' if device == 'cuda' else 'gloo'}), "
             f"{_SHARD_WORDS[shard]}; every rank's peak is shown, peak = the largest."
         )
     if generate:
@@ -824,7 +824,7 @@ def profile(
                     "generate": generate,
                     "cache": cache,
                 }
-                if nproc > 1:
+                if shard != "none":
                     from memprof.measure.distributed import run_ranks
 
                     say(setting.name, f"training in {nproc} ranks ({shard})")
@@ -864,10 +864,9 @@ def _check_distributed(chosen, *, nproc: int, shard: str | None, train: str, gen
 
     if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
         raise ProfileOptionError(f"--nproc must be a whole number >= 1, not {nproc!r}")
-    if nproc == 1:
-        if shard not in (None, "none"):
-            raise ProfileOptionError(f"--shard {shard} shards over ranks: give --nproc 2 or more")
+    if nproc == 1 and shard in (None, "none"):
         return "none"
+    # --nproc 1 with a --shard: the distributed path in one rank (world size 1), a smoke test on one GPU
     shard = shard or "ddp"
     if shard not in SHARD_MODES:
         raise ProfileOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARD_MODES)}")

@@ -81,6 +81,10 @@ step profile-full "${MEMPROF[@]}" profile $L --device cuda --settings fp32,bf16 
     --out reports/gpu/profile-llama-3.2-1b-full.json --format md
 step profile-llama-b4-gc "${MEMPROF[@]}" profile $L --device cuda --settings $ALL --train lora --batch 4 --seq 2048 \
     --grad-checkpointing --repeats 3 --out reports/gpu/profile-llama-3.2-1b-lora-b4s2048-gc.json --format md
+step generate "${MEMPROF[@]}" profile $L --device cuda --settings bf16,nf4 --train none --seq 512 --generate 128 \
+    --repeats 3 --out reports/gpu/profile-llama-3.2-1b-generate.json --format md
+step fsdp-smoke "${MEMPROF[@]}" profile $L --device cuda --settings bf16 --train full --seq 512 --repeats 3 \
+    --nproc 1 --shard fsdp --out reports/gpu/profile-llama-3.2-1b-fsdp-1rank.json --format md
 step offload "${MEMPROF[@]}" profile $L --device cuda --settings bf16,nf4 --train none --max-gpu-memory 1GiB \
     --out reports/gpu/profile-llama-3.2-1b-offload.json --format md
 jsons=(reports/gpu/profile-*.json)

@@ -317,7 +317,7 @@ def test_dry_run_parses_every_memprof_line_of_the_session_and_the_preflight_impo
     assert proc.returncode == 0, log
     assert "preflight ok: " in log and "bitsandbytes 0.50.2" in log and "transformers 5.23.0" in log
     steps = _steps((SCRIPTS / "gpu_session.sh").read_text())
-    assert len(steps) == 8
+    assert len(steps) == 10
     for name in steps:
         assert f"== {name}: exit 0 " in log, name
     assert log.count(": parses (") == len(steps) + 1  # and the report line

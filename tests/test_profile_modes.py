@@ -74,11 +74,20 @@ def test_nproc_measures_every_rank(shard, tiny_model_dir, tmp_path, capsys):
     assert "Training peak of every rank" in text and "rank 1" in text and "Load" not in text
 
 
+@pytest.mark.slow
+def test_one_rank_runs_the_distributed_path_as_a_smoke_test(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["profile", str(tiny_model_dir("gpt2")), "--settings", "fp32", "--seq", "32", "--repeats", "1"]
+    code, _, err = _run([*argv, "--shard", "fsdp", "--train", "full", "--out", str(out)], capsys)
+    assert code == 0, err
+    train = ProfileReport.load(out).settings[0].train
+    assert train.world_size == 1 and train.rank_peak_bytes == (train.peak_bytes,)
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
         (["--nproc", "0"], "--nproc must be a whole number >= 1"),
-        (["--shard", "fsdp"], "--shard fsdp shards over ranks: give --nproc 2"),
         (["--nproc", "2", "--train", "none"], "give --train lora or --train full"),
         (["--nproc", "2", "--settings", "nf4"], "not measured yet"),
         (["--nproc", "2", "--generate", "4"], "--generate measures one process"),

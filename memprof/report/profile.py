@@ -256,14 +256,14 @@ def _without_empty_columns(head: list[str], rows: list[list[str]]) -> tuple[list
 def _sections(report: ProfileReport) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
     train = "none" if report.train == "none" else f"{report.train}; {_precision(report)}{_checkpointing(report)}"
     sections = []
-    if report.nproc == 1:  # in ranks, only the training step is measured
+    if report.shard == "none":  # in ranks, only the training step is measured
         sections += [("Load", _load_rows(report)), ("Forward (no grad)", _forward_rows(report))]
     if report.generate:
         sections.append((f"Generate ({report.generate} new tokens, {report.cache} cache)", _generate_rows(report)))
     if report.train != "none":
-        ranks = f" in {report.nproc} ranks, {report.shard}" if report.nproc > 1 else ""
+        ranks = f" in {report.nproc} rank(s), {report.shard}" if report.shard != "none" else ""
         sections.append((f"Training step ({train}; forward + backward + AdamW{ranks})", _train_rows(report)))
-    if report.nproc > 1:
+    if report.shard != "none":
         sections.append(("Training peak of every rank", _rank_rows(report)))
     device_peaks = _device_peak_rows(report)
     if device_peaks[1]:
