@@ -11,7 +11,8 @@
 # 3. profile Llama-3.2-1B shape at all five settings (LoRA, QLoRA on 4-bit), batch 1 x 512
 # 4. plan vs profile, Qwen2.5-0.5B (a second architecture)
 # 5. profile Qwen2.5-0.5B at all five settings; 6. full fine-tune; 7. batch 4 x 2048 with checkpointing;
-# 8. offload under a 1 GiB budget
+# 8. generate 128 tokens (prefill, decode, KV cache) at bf16 and nf4; 9. the FSDP2 path in one rank
+# (world size 1: one GPU is what is lent); 10. offload under a 1 GiB budget
 # Models are random weights made from the catalog configs: nothing is downloaded.
 #
 # Before any of that, scripts/gpu_preflight.py imports everything the steps need (memprof.cli, pynvml,
