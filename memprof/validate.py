@@ -40,7 +40,10 @@ TASK_MAP = {
     "infer": _TaskMap("bf16", "forward", "none"),
     "lora": _TaskMap("bf16", "train", "lora"),
     "qlora": _TaskMap("nf4-dq", "train", "lora"),
+    "full": _TaskMap("bf16", "train", "full"),  # mixed precision on both sides (the default of a 16-bit full)
 }
+# what --nproc compares: the steps that train in ranks (bitsandbytes settings are not sharded yet)
+DISTRIBUTED_TASKS = ("lora", "full")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class ValidationReport:
     command: str | None = None  # the command line that made the report, when run from the CLI
     created: str = ""
     notes: tuple[str, ...] = ()
+    nproc: int = 1  # --nproc N: plan's per-GPU peak (--num-gpus N --shard) vs the largest rank's measured peak
+    shard: str = "none"
     kind: str = VALIDATE_KIND
     version: int = VALIDATE_VERSION
 
@@ -168,7 +173,7 @@ def validate(
     device: str = "cpu",
     batch: int = 1,
     seqs: str | tuple[int, ...] = DEFAULT_SEQS,
-    tasks: str | tuple[str, ...] = DEFAULT_TASKS,
+    tasks: str | tuple[str, ...] | None = None,
     lora_r: int = DEFAULT_LORA_R,
     lora_alpha: float | None = None,
     target: str | tuple[str, ...] | None = None,
@@ -180,8 +185,13 @@ def validate(
     trust_remote_code: bool = False,
     command: str | None = None,
     on_progress: Callable[[str], None] | None = None,
+    nproc: int = 1,
+    shard: str | None = None,
 ) -> ValidationReport:
     """Predict (plan) and measure (profile) MODEL's peak memory for every task and seq; one row each.
+
+    `tasks` None: infer, lora, qlora; with `nproc` N > 1 (or a `shard`), lora and full, each planned per
+    GPU with --num-gpus N --shard and measured in N ranks (the largest rank's peak).
 
     All plans run first, so a user error (a seq beyond the model's positions, an unknown target) is
     raised before anything is measured. A measurement that fails (out of memory, `timeout_s`, a
@@ -199,7 +209,18 @@ def validate(
 
     if device not in DEVICES:
         raise ValidateOptionError(f"unknown --device {device!r}; use cpu or cuda")
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ValidateOptionError(f"--nproc must be a whole number >= 1, not {nproc!r}")
+    distributed = nproc > 1 or shard not in (None, "none")
+    shard = (shard or "ddp") if distributed else "none"
+    if tasks is None:
+        tasks = DISTRIBUTED_TASKS if distributed else DEFAULT_TASKS
     chosen_tasks = parse_tasks(tasks)
+    if distributed and any(t not in DISTRIBUTED_TASKS for t in chosen_tasks):
+        raise ValidateOptionError(
+            f"--nproc compares steps that train in ranks: use --tasks {','.join(DISTRIBUTED_TASKS)} "
+            f"(not {','.join(t for t in chosen_tasks if t not in DISTRIBUTED_TASKS)})"
+        )
     chosen_seqs = parse_seqs(seqs)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValidateOptionError(f"--batch must be an integer >= 1, not {batch!r}")
@@ -236,6 +257,7 @@ def validate(
                 device=device,
                 allow_download=allow_download,
                 trust_remote_code=trust_remote_code,
+                **({"num_gpus": nproc, "shard": shard} if distributed else {}),
             )
 
     # -- measurements: one profile call per (train mode, seq), every setting it needs ------------
@@ -263,6 +285,7 @@ def validate(
                 trust_remote_code=trust_remote_code,
                 on_progress=progress,
                 timeout_s=timeout_s,
+                **({"nproc": nproc, "shard": shard} if distributed else {}),
             )
 
     rows = []
@@ -295,7 +318,9 @@ def validate(
         weights=first.weights,
         command=command,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        notes=_notes(device, chosen_tasks, repeats, warmup),
+        notes=_notes(device, chosen_tasks, repeats, warmup, nproc=nproc, shard=shard),
+        nproc=nproc,
+        shard=shard,
     )
 
 
@@ -332,13 +357,22 @@ def _row(task: str, seq: int, batch: int, predicted, result, phase: str) -> Vali
     )
 
 
-def _notes(device: str, tasks: tuple[str, ...], repeats: int, warmup: int) -> tuple[str, ...]:
+def _notes(
+    device: str, tasks: tuple[str, ...], repeats: int, warmup: int, *, nproc: int = 1, shard: str = "none"
+) -> tuple[str, ...]:
     what = {
         "infer": "infer: plan --task infer --setting bf16 vs profile's bf16 no-grad forward peak",
         "lora": "lora: plan --task lora --setting bf16 vs profile's bf16 LoRA training-step peak",
         "qlora": "qlora: plan --task qlora --setting nf4-dq vs profile's nf4-dq QLoRA training-step peak",
+        "full": "full: plan --task full --setting bf16 vs profile's bf16 full training-step peak (mixed precision)",
     }
-    notes = [
+    notes = []
+    if shard != "none":
+        notes.append(
+            f"In {nproc} rank(s), {shard}: predicted is plan's per-GPU peak (--num-gpus {nproc} --shard {shard}), "
+            "measured the largest rank's peak (profile --nproc)."
+        )
+    notes += [
         f"Compared, at the same batch, seq and LoRA options: {'; '.join(what[t] for t in tasks)}. "
         f"predicted is plan's peak total (plan --device {device}), without the CUDA context; error % is "
         "100 x (predicted - measured) / measured.",

@@ -168,7 +168,9 @@ def one_line_error(capsys) -> str:
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--tasks", "infer,full"], "unknown task 'full'"),
+        (["--tasks", "infer,train"], "unknown task 'train'"),
+        (["--nproc", "2", "--tasks", "qlora"], "--nproc compares steps that train in ranks"),
+        (["--nproc", "0"], "--nproc must be a whole number"),
         (["--tasks", ","], "--tasks needs a comma list"),
         (["--seqs", "128,0"], "--seqs takes positive integers, not '0'"),
         (["--seqs", "12.5"], "--seqs takes positive integers"),

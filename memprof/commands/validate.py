@@ -29,7 +29,7 @@ from memprof.commands._common import (
 )
 from memprof.errors import ValidateOptionError
 from memprof.report.jsonout import render_json
-from memprof.validate import DEFAULT_SEQS, DEFAULT_TASKS, TASK_MAP
+from memprof.validate import DEFAULT_SEQS, DEFAULT_TASKS, DISTRIBUTED_TASKS, TASK_MAP
 
 
 class ValidateCommand:
@@ -48,9 +48,19 @@ class ValidateCommand:
         )
         parser.add_argument(
             "--tasks",
-            default=",".join(DEFAULT_TASKS),
             metavar="LIST",
-            help=f"comma list of {', '.join(TASK_MAP)} (default all)",
+            help=f"comma list of {', '.join(TASK_MAP)} (default {','.join(DEFAULT_TASKS)}; "
+            f"with --nproc {','.join(DISTRIBUTED_TASKS)})",
+        )
+        parser.add_argument(
+            "--nproc",
+            type=int,
+            default=1,
+            metavar="N",
+            help="measure the step in N ranks (profile --nproc) against plan --num-gpus N (default 1)",
+        )
+        parser.add_argument(
+            "--shard", choices=("ddp", "fsdp", "zero2", "zero3"), help="with --nproc: the shard mode (default ddp)"
         )
         add_lora_step_args(parser)
         parser.add_argument("--threads", type=int, help="torch CPU threads in each measurement (default: torch's)")
@@ -95,6 +105,8 @@ class ValidateCommand:
                 trust_remote_code=args.trust_remote_code,
                 command=shlex.join(["memprof", *sys.argv[1:]]),
                 on_progress=(lambda msg: status.update(msg)) if err.is_terminal else None,
+                nproc=args.nproc,
+                shard=args.shard,
             )
         emit(report, args, console, table=validate_renderables, md=render_validate_md, html=render_validate_html)
         if args.save is not None:

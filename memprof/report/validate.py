@@ -108,6 +108,7 @@ def _title(report: ValidationReport) -> str:
     return (
         f"memprof validate · {report.model} on {report.device}" + (f" ({where})" if where else "")
         + f" · batch {report.batch} · {lora}"
+        + (f" · {report.nproc} rank(s), {report.shard}" if report.shard != "none" else "")
     )  # fmt: skip
 
 
