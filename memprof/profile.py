@@ -109,6 +109,7 @@ class TrainProfile:
     breakdown_method: str = ""
     notes: tuple[str, ...] = ()
     timeline: dict | None = None  # CPU: memprof.measure.timeline.Timeline JSON of the tracked step
+    snapshot: str | None = None  # CUDA --snapshot: the allocator history file of one step (PyTorch's viewer)
     # --nproc N: every rank's peak (peak_bytes is their maximum), the shard mode, and the time a rank
     # spent per step in collectives (all-gather, reduce-scatter, all-reduce; they overlap compute on CUDA)
     rank_peak_bytes: tuple[int, ...] | None = None
@@ -695,6 +696,7 @@ def profile(
     cache: str = "dynamic",
     nproc: int = 1,
     shard: str | None = None,
+    snapshot: Path | None = None,
 ) -> ProfileReport:
     """Measure MODEL at each setting (default fp32, bf16, int8, nf4, nf4-dq), each in a fresh process.
 
@@ -734,6 +736,8 @@ def profile(
     )
     shard = _check_distributed(chosen, nproc=nproc, shard=shard, train=train, generate=generate, budget=max_gpu_memory)
     _check_generate(generate, cache, seq=seq, config=resolved.config)
+    if snapshot is not None:
+        _check_snapshot(Path(snapshot), device=device, train=train, shard=shard)
     step_task = {"full": "full", "lora": "lora", "none": "infer"}[train]
     precisions = {s.name: check_precision(precision, step_task, s) for s in chosen}  # all refused before any run
     budget = parse_bytes(max_gpu_memory) if isinstance(max_gpu_memory, str) else max_gpu_memory
@@ -823,6 +827,9 @@ def profile(
                     "trust_remote_code": trust_remote_code,
                     "generate": generate,
                     "cache": cache,
+                    "snapshot": str(_snapshot_path(Path(snapshot), setting.name, len(chosen)))
+                    if snapshot is not None
+                    else None,
                 }
                 if shard != "none":
                     from memprof.measure.distributed import run_ranks
@@ -883,6 +890,24 @@ def _check_distributed(chosen, *, nproc: int, shard: str | None, train: str, gen
     if budget is not None:
         raise ProfileOptionError("--max-gpu-memory/--gpu plan offload for one process: leave them out with --nproc")
     return shard
+
+
+def _check_snapshot(path: Path, *, device: str, train: str, shard: str) -> None:
+    if device != "cuda":
+        raise ProfileOptionError("--snapshot records the CUDA caching allocator: it needs --device cuda")
+    if train == "none" or shard != "none":
+        raise ProfileOptionError(
+            "--snapshot records one training step of one process: give --train lora or full, no --nproc"
+        )
+    if path.suffix != ".pickle":
+        raise ProfileOptionError(f"--snapshot {path} must end in .pickle (PyTorch's memory viewer opens those)")
+    if not path.parent.is_dir():
+        raise ProfileOptionError(f"cannot write {path}: directory {path.parent} does not exist")
+
+
+def _snapshot_path(path: Path, setting: str, settings: int) -> Path:
+    """One snapshot per setting: FILE.pickle for one setting, FILE-SETTING.pickle for several."""
+    return path if settings == 1 else path.with_name(f"{path.stem}-{setting}{path.suffix}")
 
 
 def _check_generate(generate: int, cache: str, *, seq: int, config: dict) -> None:

@@ -94,6 +94,7 @@ def test_one_rank_runs_the_distributed_path_as_a_smoke_test(tiny_model_dir, tmp_
         (["--generate", "-1"], "--generate must be a whole number"),
         (["--seq", "100", "--generate", "100"], "longer than the model's 128 positions"),
         (["--cache", "paged"], "invalid choice"),
+        (["--snapshot", "s.pickle"], "--snapshot records the CUDA caching allocator: it needs --device cuda"),
     ],
 )
 def test_bad_generate_and_rank_options_are_one_line(extra, message, tiny_model_dir, tmp_path, capsys):
@@ -101,3 +102,20 @@ def test_bad_generate_and_rank_options_are_one_line(extra, message, tiny_model_d
     argv += ["--out", str(tmp_path / "r.json"), *extra]
     code, _, err = _run(argv, capsys)
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_snapshot_file_per_setting_and_its_rules(tmp_path):
+    from memprof.errors import ProfileOptionError
+    from memprof.profile import _check_snapshot, _snapshot_path
+
+    assert _snapshot_path(tmp_path / "s.pickle", "bf16", 1) == tmp_path / "s.pickle"
+    assert _snapshot_path(tmp_path / "s.pickle", "nf4", 2) == tmp_path / "s-nf4.pickle"
+    _check_snapshot(tmp_path / "s.pickle", device="cuda", train="lora", shard="none")
+    for path, kwargs, message in [
+        (tmp_path / "s.json", {}, "must end in .pickle"),
+        (tmp_path / "no" / "s.pickle", {}, "does not exist"),
+        (tmp_path / "s.pickle", {"train": "none"}, "one training step of one process"),
+        (tmp_path / "s.pickle", {"shard": "fsdp"}, "one training step of one process"),
+    ]:
+        with pytest.raises(ProfileOptionError, match=message):
+            _check_snapshot(path, **{"device": "cuda", "train": "lora", "shard": "none", **kwargs})

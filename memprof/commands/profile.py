@@ -89,6 +89,13 @@ class ProfileCommand:
             choices=("ddp", "fsdp", "zero2", "zero3"),
             help="with --nproc: ddp (default), fsdp/zero3 (FSDP2, reshard after forward), zero2 (FSDP2, no reshard)",
         )
+        parser.add_argument(
+            "--snapshot",
+            type=Path,
+            metavar="FILE.pickle",
+            help="cuda: record one training step's allocator history for PyTorch's memory viewer "
+            "(FILE-SETTING.pickle for several settings)",
+        )
         parser.add_argument("--threads", type=int, help="torch CPU threads in each worker (default: torch's)")
         parser.add_argument(
             "--timeout",
@@ -205,4 +212,5 @@ class ProfileCommand:
                 cache=args.cache,
                 nproc=args.nproc,
                 shard=args.shard,
+                snapshot=args.snapshot,
             )

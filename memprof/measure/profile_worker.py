@@ -396,11 +396,29 @@ def _train(request: dict, setting, model, ids, sampler) -> dict:
     else:
         result.update(_tracked_once(step, model, ids, optimizer, categories=True))
         result["breakdown_method"] = "exact: live storages at the tracked peak, classified"
+    if cuda and request.get("snapshot"):
+        result["snapshot"] = _snapshot(step, request["snapshot"])
     result["flops"] = count_flops(step)
     result["tflops"] = result["flops"] / (timing.median_ms / 1000) / 1e12
     result["peak_rss_bytes"] = _rss_peak_bytes()
     result["notes"] = notes
     return result
+
+
+def _snapshot(step, path: str) -> str:
+    """One more step with the CUDA caching allocator's history recorded, dumped for PyTorch's memory
+    viewer (https://pytorch.org/memory_viz opens the file; nothing is uploaded, the page runs locally)."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    try:
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.memory._dump_snapshot(path)
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    return path
 
 
 def _placement_bytes(model) -> dict[str, int]:
