@@ -1026,6 +1026,8 @@ class ProfileComparison:
     b_title: str
     rows: tuple[ComparisonRow, ...]
     notes: tuple[str, ...] = ()
+    # setting -> (A's, B's) training-step timeline JSON, for the settings both runs tracked (CPU runs)
+    timelines: dict[str, tuple[dict, dict]] = dataclasses.field(default_factory=dict)
     kind: str = COMPARE_KIND
 
 
@@ -1085,7 +1087,16 @@ def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
     for field_name in ("model", "device", "batch", "seq", "train"):
         if getattr(a, field_name) != getattr(b, field_name):
             notes.append(f"{field_name} differs: {getattr(a, field_name)} vs {getattr(b, field_name)}")
-    return ProfileComparison(_describe(a), _describe(b), tuple(rows), tuple(notes))
+    timelines = {
+        ra.setting: (ra.train.timeline, b_rows[ra.setting].train.timeline)
+        for ra in a.settings
+        if ra.setting in b_rows
+        and ra.train is not None
+        and ra.train.timeline
+        and b_rows[ra.setting].train is not None
+        and b_rows[ra.setting].train.timeline
+    }
+    return ProfileComparison(_describe(a), _describe(b), tuple(rows), tuple(notes), timelines)
 
 
 __all__ = [

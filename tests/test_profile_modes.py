@@ -54,6 +54,12 @@ def test_the_training_step_has_a_timeline_whose_peak_is_the_steps(tiny_model_dir
     assert "training step over time" in text and "← the peak" in text
     code, html, _ = _run(["report", str(out), "--format", "html"], capsys)
     assert code == 0 and html.count("<svg") == 1 and "peak" in html
+    code, html, _ = _run(["compare", str(out), str(out), "--format", "html"], capsys)
+    assert code == 0 and html.count("<svg") == 1 and html.count("class='run'") == 2
+    saved = tmp_path / "c.json"
+    assert _run(["compare", str(out), str(out), "--json", "--out", str(saved)], capsys)[0] == 0
+    code, html, _ = _run(["report", str(saved), "--format", "html"], capsys)
+    assert code == 0 and html.count("class='run'") == 2  # the saved comparison keeps both timelines
 
 
 @pytest.mark.slow

@@ -499,4 +499,15 @@ def render_compare_md(comparison: ProfileComparison) -> str:
 
 
 def render_compare_html(comparison: ProfileComparison) -> str:
-    return render_html(compare_renderables(comparison), width=160)
+    """The side-by-side table, then per setting both runs' training steps over time on one chart."""
+    from memprof.measure.timeline import Timeline
+    from memprof.report.timeline import compare_svg
+
+    charts = [
+        compare_svg(
+            [("A", Timeline.from_json(a)), ("B", Timeline.from_json(b))],
+            title=f"{setting}: training step, live bytes (A and B)",
+        )
+        for setting, (a, b) in comparison.timelines.items()
+    ]
+    return with_charts(render_html(compare_renderables(comparison), width=160), charts)
