@@ -66,6 +66,7 @@ class ValidationRow:
     fragmentation_bytes: int | None = None  # reserved peak - allocated peak
     context_bytes: int | None = None  # NVML peak - reserved peak: the CUDA context and memory outside torch
     error: str | None = None  # the measurement failed (out of memory, timeout, crash)
+    measured_timeline: dict | None = None  # CPU: the measured step's live bytes over time (Timeline JSON)
 
 
 @dataclass(frozen=True)
@@ -354,6 +355,7 @@ def _row(task: str, seq: int, batch: int, predicted, result, phase: str) -> Vali
         device_peak_bytes=nvml,
         fragmentation_bytes=None if reserved is None else reserved - peak.peak_bytes,
         context_bytes=None if reserved is None or nvml is None else nvml - reserved,
+        measured_timeline=peak.timeline,
     )
 
 

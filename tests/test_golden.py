@@ -23,6 +23,9 @@ REGEN = os.environ.get("MEMPROF_REGEN_GOLDEN") == "1"
 # What differs between two runs of the same command on the same code: not behaviour.
 VOLATILE_KEYS = {"created", "env", "command", "from_cache"}
 VOLATILE_SUFFIXES = ("_ms", "_s", "_ms_iqr", "_s_iqr")
+# a measured run's timeline: every tensor event of the step (its peak equals the step's, tested in
+# tests/test_timeline.py and tests/test_profile_modes.py); kept out so the golden files stay readable
+MEASURED_DETAIL = {"timeline", "measured_timeline"}
 
 TINY = ["--batch", "2", "--seq", "64", "--no-cache"]
 CASES = {
@@ -114,7 +117,7 @@ def _drop_volatile(value, measured: bool):
         return {
             k: _drop_volatile(v, measured)
             for k, v in value.items()
-            if k not in VOLATILE_KEYS and not (measured and k.endswith(VOLATILE_SUFFIXES))
+            if k not in VOLATILE_KEYS and not (measured and (k.endswith(VOLATILE_SUFFIXES) or k in MEASURED_DETAIL))
         }
     if isinstance(value, list):
         return [_drop_volatile(v, measured) for v in value]

@@ -26,3 +26,12 @@ def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
         return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
     return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
+
+
+def with_charts(html: str, svgs: list[str]) -> str:
+    """The rendered page with SVG charts after its text (rich's HTML export knows no SVG)."""
+    if not svgs:
+        return html
+    block = "\n".join(f'<div style="margin: 1em 0">{svg}</div>' for svg in svgs)
+    head, sep, tail = html.rpartition("</body>")
+    return f"{head}{block}\n{sep}{tail}" if sep else html + block

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.profile import ProfileComparison, ProfileReport, SettingProfile
-from memprof.report.common import md_table, render_html, render_text
+from memprof.report.common import md_table, render_html, render_text, with_charts
 from memprof.report.units import human_bytes, percent
 
 # one glyph and one colour per kind, so the bar reads without colour too (piped, --format md)
@@ -397,15 +397,6 @@ def render_profile_html(report: ProfileReport) -> str:
         for setting, timeline in _timelines(report)
     ]
     return with_charts(html, charts)
-
-
-def with_charts(html: str, svgs: list[str]) -> str:
-    """The rendered page with the SVG charts after its text (rich's export knows no SVG)."""
-    if not svgs:
-        return html
-    block = "\n".join(f'<div style="margin: 1em 0">{svg}</div>' for svg in svgs)
-    head, sep, tail = html.rpartition("</body>")
-    return f"{head}{block}\n{sep}{tail}" if sep else html + block
 
 
 def render_profile_md(report: ProfileReport) -> str:

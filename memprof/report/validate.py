@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.report.common import md_table, render_html, render_text
+from memprof.report.common import md_table, render_html, render_text, with_charts
 from memprof.report.plan import significant
 from memprof.validate import ValidationReport, ValidationRow
 
@@ -160,7 +160,21 @@ def render_validate_text(report: ValidationReport, *, width: int = 140) -> str:
 
 
 def render_validate_html(report: ValidationReport) -> str:
-    return render_html(validate_renderables(report), width=170)
+    """The table, then each measured step over time with plan's predicted peak as a line."""
+    from memprof.measure.timeline import Timeline
+    from memprof.report.timeline import timeline_svg
+
+    charts = [
+        timeline_svg(
+            Timeline.from_json(row.measured_timeline),
+            title=f"{row.task} at seq {row.seq}: measured live bytes, plan's prediction as the line",
+            gpu_name="plan's predicted peak",
+            gpu_bytes=row.predicted_bytes,
+        )
+        for row in report.rows
+        if row.measured_timeline
+    ]
+    return with_charts(render_html(validate_renderables(report), width=170), charts)
 
 
 def render_validate_md(report: ValidationReport) -> str:
