@@ -49,6 +49,8 @@ def test_vllm_count_pages_the_cache_in_16_token_blocks_within_90_percent(llama_8
     assert h100.vllm_max_concurrent_sequences_est == (free // (16 * r.kv_cache_bytes_per_token)) // (8192 // 16)
 
 
+# plan simulates on fake tensors: a whole serving plan of a 1B model holds no real tensor memory to speak of
+@pytest.mark.limit_torch_memory("4 MiB", device="cpu")
 def test_fp8_cache_holds_twice_the_sequences_of_bf16():
     bf16 = plan_serving("meta-llama/Llama-3.2-1B", context=4096, gpus=("L4",))
     fp8 = plan_serving("meta-llama/Llama-3.2-1B", context=4096, kv_dtype="fp8", gpus=("L4",))
