@@ -9,11 +9,12 @@ import json
 import pytest
 from conftest import tiny_config
 
+from memprof.errors import PlanOptionError
 from memprof.measure.distributed import run_ranks
 from memprof.plan import plan
 from memprof.settings import get_setting
 from memprof.simulate import StepSpec
-from memprof.simulate_sharded import simulate_sharded
+from memprof.simulate_sharded import simulate_sharded, simulate_sharded_cached
 
 SEQ = 32
 
@@ -67,6 +68,19 @@ def test_ddp_adds_its_gradient_buckets_and_fsdp_qlora_says_it_is_arithmetic(llam
     assert any("gradient buckets" in n for n in ddp.notes)
     qlora = plan(llama_dir, task="qlora", batch=2, seq=SEQ, gpus=("H100",), num_gpus=2, shard="fsdp")
     assert any("FSDP-QLoRA is not simulated yet" in n and "ARITHMETIC" in n for n in qlora.notes)
+
+
+def test_the_sharded_simulation_is_cached_and_equals_the_uncached_one():
+    spec, cfg = StepSpec(task="lora", setting="bf16"), tiny_config("llama")
+    runs = [simulate_sharded_cached(cfg, spec, batch=2, seq=8, world_size=2, shard="zero2") for _ in range(2)]
+    assert [hit for _, hit in runs] == [False, True] and runs[0][0] == runs[1][0]
+    fresh, hit = simulate_sharded_cached(cfg, spec, batch=2, seq=8, world_size=2, shard="zero2", use_cache=False)
+    assert fresh == runs[0][0] and not hit
+
+
+def test_cpu_plans_n_ranks_but_not_auto(llama_dir):
+    with pytest.raises(PlanOptionError, match="--num-gpus N"):
+        plan(llama_dir, task="full", device="cpu", num_gpus="auto", shard="fsdp", seq=SEQ)
 
 
 def _request(folder, train: str, setting: str, precision: str) -> dict:
