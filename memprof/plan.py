@@ -13,8 +13,14 @@ workspaces, which are not simulated), "tight" fits with less, "offload" fits onl
 fit (the price is known; the roofline cost per token is a lower bound). --num-gpus auto gives each
 card the fewest of AUTO_GPU_COUNTS that fit, dividing as below.
 
-Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
-- none (N=1) or ddp (N>1 without --shard): nothing is divided.
+Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch). With N > 1 and fsdp,
+zero3 or zero2 at a float setting, the breakdown at the given (batch, seq) is rank 0 of the sharded
+step simulated on fake tensors (memprof.simulate_sharded: FSDP2 itself, equal to 2 measured gloo
+ranks), and the sweeps are the division below corrected per phase by the simulation's difference at
+that point. --num-gpus auto, quantized settings (FSDP-QLoRA) and inference use the division alone,
+labelled as arithmetic in the notes:
+- none (N=1): nothing is divided. ddp (N>1 without --shard): nothing is divided, and DDP's
+  gradient buckets (a grad-sized copy of the trainable params, as measured) are added to the grads.
 - zero2 (DeepSpeed ZeRO stage 2): grads and optimizer states are divided by N.
 - zero3 and fsdp (FSDP FULL_SHARD): weights (incl. quant state), trainable params, grads and
   optimizer states are divided by N; while a layer runs its full parameters are gathered, and the
@@ -48,6 +54,7 @@ from memprof.simulate import (
     simulate_model,
     sliding_window,
 )
+from memprof.simulate_sharded import SHARDED_MODES, simulate_sharded_cached
 from memprof.step import (
     DEFAULT_LORA_R,
     check_precision,
@@ -246,6 +253,10 @@ class _Context:
     layer_bytes: int
     num_gpus: int
     shard: str
+    bucket_bytes: int = 0  # ddp: its gradient buckets, a grad-sized copy of the trainable params (every phase)
+    # sharded and simulated: per phase, the simulated sharded step's total minus the division's at the
+    # planned point, added to the division everywhere else (the sweeps)
+    corrections: tuple[tuple[str, int], ...] = ()
 
 
 def _phase_breakdown(phase: PhasePeak, ctx: _Context, tokens: int) -> Breakdown:
@@ -265,6 +276,8 @@ def _phase_breakdown(phase: PhasePeak, ctx: _Context, tokens: int) -> Breakdown:
         weights, trainable = -(-weights // n), -(-trainable // n)
         grads, states = -(-grads // n), -(-states // n)
         gathered = 2 * ctx.layer_bytes
+    grads += ctx.bucket_bytes
+    temporaries += dict(ctx.corrections).get(phase.phase.split(":")[0], 0)  # "backward: lm head" -> backward
     parts = (
         weights,
         trainable,
@@ -277,6 +290,44 @@ def _phase_breakdown(phase: PhasePeak, ctx: _Context, tokens: int) -> Breakdown:
         gathered,
     )
     return Breakdown(*parts, total_bytes=sum(parts), peak_phase=phase.phase)
+
+
+def _sharding_source(task: str, setting: Setting, num_gpus, shard: str, simulate: bool) -> str:
+    """Where the per-GPU breakdown at the planned point comes from: "" (one GPU), "ddp" (the single
+    step + buckets, as measured), "simulated" (the sharded step on fake tensors) or "division"."""
+    if num_gpus == "auto":
+        return "division"
+    if num_gpus == 1:
+        return ""
+    if shard == "ddp":
+        return "ddp"
+    if simulate and shard in SHARDED_MODES and not setting.quantized and task != "infer":
+        return "simulated"
+    return "division"
+
+
+def _sharding_note(source: str, task: str, setting: Setting, shard: str) -> str:
+    """One line: which per-GPU numbers are simulated sharded and which are arithmetic."""
+    if source == "simulated":
+        return (
+            f"Per GPU: rank 0 of the {shard} step (FSDP2 fully_shard per decoder layer and the root) simulated on "
+            "fake tensors over a fake process group, at the given batch and seq; FSDP2's all-gathered (unsharded) "
+            "layer buffers and reduce-scatter buffers are counted in activations/temporaries (gathered layers: 0). "
+            "max batch/seq: the division (arithmetic), corrected per phase (forward, backward, optimizer) by the "
+            "simulated step's difference at the given batch and seq; that difference is constant in batch and seq "
+            "where checked (batch >= 2), so the sweeps are approximate, not simulated, at other points."
+        )
+    if source == "ddp":
+        return (
+            "Per GPU (ddp): the single-GPU step plus DDP's gradient buckets, a grad-sized copy of the trainable "
+            "params, counted in grads in every phase (as measured on 2 gloo ranks)."
+        )
+    why = (
+        "--num-gpus auto divides at every count"
+        if task != "infer" and not setting.quantized
+        else ("FSDP-QLoRA is not simulated yet" if setting.quantized else "inference is not simulated sharded")
+    )
+    return f"Per GPU: ARITHMETIC, the single-GPU simulation divided as {shard} divides it ({why}), not simulated."
 
 
 def _peak(sim: Simulation, ctx: _Context) -> Breakdown:
@@ -361,6 +412,7 @@ def plan(
     trust_remote_code: bool = False,
     use_cache: bool = True,
     on_progress=None,
+    simulate_sharding: bool = True,
 ) -> PlanReport:
     """Plan MODEL's step (task infer / lora / qlora / full) on every GPU of the table (or `gpus`).
 
@@ -370,6 +422,11 @@ def plan(
     instead, with the CPU's defaults (AdamW for-loop), to be checked against `memprof profile --device cpu`.
     `num_gpus="auto"` (with shard zero2/zero3/fsdp): each card's fewest that fit. `on_progress(message)`
     is told what is being simulated.
+
+    With num_gpus > 1 and shard fsdp, zero3 or zero2 at a float setting, the per-GPU breakdown at
+    (batch, seq) is rank 0 of the sharded step simulated on fake tensors (memprof.simulate_sharded),
+    and the sweeps are the division corrected per phase by the simulation at (batch, seq);
+    `simulate_sharding=False` keeps the division alone (what --num-gpus auto and quantized settings use).
     """
     if task not in TASKS:
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
@@ -385,8 +442,10 @@ def plan(
     if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
     _check(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
-    if device == "cpu" and (auto or num_gpus > 1):
-        raise PlanOptionError("--device cpu plans for this one machine: --num-gpus does not apply")
+    if device == "cpu" and auto:
+        raise PlanOptionError(
+            "--device cpu plans one rank on this machine: give --num-gpus N (the ranks of a gloo run), not auto"
+        )
     grad_checkpointing = resolve_grad_checkpointing(grad_checkpointing, task, quantized=chosen_setting.quantized)
     precision = check_precision(precision, task, chosen_setting)
     # the bytes the weights are held in: fp32 masters under mixed precision
@@ -437,10 +496,38 @@ def plan(
         num_gpus=1 if auto else num_gpus,
         shard=shard,
     )
+    if not auto and num_gpus > 1 and shard == "ddp" and task != "infer":
+        # measured (tests/test_distributed.py): a DDP rank holds the single-process step plus its buckets
+        ctx = replace(ctx, bucket_bytes=max(p.breakdown["trainable_params"] for p in fitted.direct.phases))
     # the one division (_phase_breakdown), at each count of GPUs a row may need
     contexts = {n: replace(ctx, num_gpus=n) for n in (AUTO_GPU_COUNTS if auto else (num_gpus,))}
     breakdowns = {n: _peak(fitted.direct, c) for n, c in contexts.items()}
-    unsharded = _peak(fitted.direct, replace(ctx, num_gpus=1, shard="none")).total_bytes
+    unsharded = _peak(fitted.direct, replace(ctx, num_gpus=1, shard="none", bucket_bytes=0)).total_bytes
+    sharded = _sharding_source(task, chosen_setting, num_gpus, shard, simulate_sharding)
+    if sharded == "simulated":
+        if on_progress:
+            on_progress(f"simulating rank 0 of the {shard} step over {num_gpus} ranks")
+        sim, _hit = simulate_sharded_cached(
+            resolved.config,
+            spec,
+            batch=batch,
+            seq=seq,
+            world_size=num_gpus,
+            shard=shard,
+            trust_remote_code=trust_remote_code,
+            use_cache=use_cache,
+        )
+        whole = replace(ctx, num_gpus=1, shard="none")  # the simulated rank is divided already
+        exact = {p.phase: _phase_breakdown(p, whole, batch * seq) for p in sim.phases}
+        # the single-GPU step's phases are finer ("backward: lm head"): the division's peak of each of
+        # the sharded step's phases is the largest of its parts
+        divided: dict[str, int] = {}
+        for p in fitted.direct.phases:
+            part = _phase_breakdown(p, contexts[num_gpus], batch * seq).total_bytes
+            divided[p.phase.split(":")[0]] = max(divided.get(p.phase.split(":")[0], 0), part)
+        corrections = tuple((ph, exact[ph].total_bytes - divided[ph]) for ph in exact if ph in divided)
+        contexts[num_gpus] = replace(contexts[num_gpus], corrections=corrections)
+        breakdowns[num_gpus] = max(exact.values(), key=lambda x: x.total_bytes)
     # the longest prompt the sweep may reach: the model's positions less the tokens generated after it
     seq_cap = MAX_SWEEP_SEQ if limit is None else limit - spec.new_tokens
     # the prompt lengths one fit holds for (a sliding window splits them in two): the fit of another
@@ -566,7 +653,8 @@ def plan(
         gpus=tuple(rows),
         cheapest=cheapest,
         num_gpus_auto=auto,
-        notes=_short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows),
+        notes=_short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows)
+        + ((_sharding_note(sharded, task, chosen_setting, shard),) if sharded else ()),
         details=_notes(
             task,
             chosen_setting,
@@ -581,7 +669,8 @@ def plan(
             precision,
             optimizer,
         )
-        + _window_note(resolved.config, ranges),
+        + _window_note(resolved.config, ranges)
+        + ((_sharding_note(sharded, task, chosen_setting, shard),) if sharded else ()),
     )
 
 
@@ -626,7 +715,7 @@ def _short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
 
 def _shard_what(shard: str) -> str:
     return {
-        "ddp": "ddp divides nothing (every GPU holds everything)",
+        "ddp": "ddp divides nothing (every GPU holds everything, plus DDP's gradient buckets)",
         "zero2": "zero2 divides grads and optimizer states",
         "zero3": "zero3 divides weights, trainable params, grads and optimizer states, gathering two layers",
         "fsdp": "fsdp divides weights, trainable params, grads and optimizer states, gathering two layers",

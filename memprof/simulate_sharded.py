@@ -23,6 +23,8 @@ from memprof.simulate import (
     PhasePeak,
     Simulation,
     StepSpec,
+    _cache_path,
+    _cached,
     _eager_mask_paths,
     extrapolate,
     layer_count,
@@ -139,3 +141,29 @@ def _tracked_step(model, optimizer, ids, spec, compute, tracker_cls, model_parts
         breakdown["kv_cache"] = 0
         phases.append(PhasePeak(name, peak_bytes, {c: breakdown.get(c, 0) for c in CATEGORIES}))
     return tuple(phases)
+
+
+def simulate_sharded_cached(
+    config: dict,
+    spec: StepSpec,
+    *,
+    batch: int,
+    seq: int,
+    world_size: int,
+    shard: str,
+    trust_remote_code: bool = False,
+    use_cache: bool = True,
+) -> tuple[Simulation, bool]:
+    """simulate_sharded, cached on disk beside the single-GPU fits (simulate's cache: the same key of
+    config, spec and library versions); also whether the cache answered."""
+    path = _cache_path(config, spec, "sharded", {"batch": batch, "seq": seq, "world_size": world_size, "shard": shard})
+    hit = use_cache and path.is_file()
+
+    def compute() -> dict:
+        sim = simulate_sharded(
+            config, spec, batch=batch, seq=seq, world_size=world_size, shard=shard, trust_remote_code=trust_remote_code
+        )
+        return sim.to_json()
+
+    data = _cached(path, compute) if use_cache else compute()
+    return Simulation.from_json(data), hit

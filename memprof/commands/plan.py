@@ -101,7 +101,7 @@ class PlanCommand:
             "--device",
             default="cuda",
             choices=("cuda", "cpu"),
-            help="plan for the GPU table (cuda) or this CPU (default cuda)",
+            help="plan for the GPU table (cuda) or this CPU (default cuda; with --num-gpus N, one rank of an N-rank gloo run)",
         )
         parser.add_argument("--no-cache", action="store_true", help="re-simulate instead of reading the disk cache")
         parser.add_argument(

@@ -1,0 +1,116 @@
+"""`memprof plan --num-gpus N --shard ...`: the sharded step simulated (not divided) at the planned point,
+the sweeps corrected by it, DDP's buckets, what stays arithmetic, and the plan against 2 measured gloo ranks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import tiny_config
+
+from memprof.errors import PlanOptionError
+from memprof.measure.distributed import run_ranks
+from memprof.plan import plan
+from memprof.settings import get_setting
+from memprof.simulate import StepSpec
+from memprof.simulate_sharded import simulate_sharded, simulate_sharded_cached
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tiny_model_dir):
+    return str(tiny_model_dir("llama"))
+
+
+def _card_file(tmp_path, memory_bytes: int) -> str:
+    card = {"name": "Card", "memory_mib": memory_bytes / 2**20, "context_mib": 0, "bf16_dense_tflops": 1}
+    path = tmp_path / "gpus.json"
+    path.write_text(json.dumps({"gpus": [{**card, "memory_bandwidth_gbs": 1, "usd_per_hour": 1}]}))
+    return str(path)
+
+
+def test_a_sharded_plan_is_rank_0_of_the_simulated_sharded_step_not_the_division(llama_dir):
+    report = plan(llama_dir, task="full", setting="fp32", batch=2, seq=SEQ, device="cpu", num_gpus=2, shard="fsdp")
+    divided = plan(
+        llama_dir, task="full", setting="fp32", batch=2, seq=SEQ, device="cpu", num_gpus=2, shard="fsdp",
+        simulate_sharding=False,
+    )  # fmt: skip
+    sim = simulate_sharded(tiny_config("llama"), StepSpec(task="full", setting="fp32"), batch=2, seq=SEQ,
+                           world_size=2, shard="fsdp")  # fmt: skip
+    assert report.breakdown.total_bytes == sim.peak_bytes != divided.breakdown.total_bytes
+    assert report.breakdown.peak_phase == sim.peak_phase.phase and report.breakdown.gathered_layers_bytes == 0
+    assert any("simulated on fake tensors" in n for n in report.notes)
+    assert any("ARITHMETIC" in n for n in divided.notes)
+
+
+def test_sweeps_are_the_division_corrected_by_the_simulation_and_hit_it_at_other_points(llama_dir, tmp_path):
+    task, setting, shard = "full", "fp32", "fsdp"
+    # planned at batch 2 x seq 32; a card (1 GiB margin, no context) whose budget is exactly the simulated
+    # rank at batch 4 (for max batch), then at seq 64 (for max seq): the corrected sweep lands on it
+    for point, field, hit in (((4, SEQ), "max_batch", 4), ((2, 2 * SEQ), "max_seq", 2 * SEQ)):
+        at = plan(llama_dir, task=task, setting=setting, batch=point[0], seq=point[1], gpus=("H100",), num_gpus=2,
+                  shard=shard)  # fmt: skip
+        for memory, expected in (
+            (2**30 + at.breakdown.total_bytes, hit),
+            (2**30 + at.breakdown.total_bytes - 1, hit - 1),
+        ):
+            report = plan(llama_dir, task=task, setting=setting, batch=2, seq=SEQ, gpus=("Card",), num_gpus=2,
+                          shard=shard, gpu_file=_card_file(tmp_path, memory))  # fmt: skip
+            assert getattr(report.gpus[0], field) == expected, (field, memory)
+
+
+def test_ddp_adds_its_gradient_buckets_and_fsdp_qlora_says_it_is_arithmetic(llama_dir):
+    one = plan(llama_dir, task="lora", batch=2, seq=SEQ, device="cpu")
+    ddp = plan(llama_dir, task="lora", batch=2, seq=SEQ, device="cpu", num_gpus=2, shard="ddp")
+    assert ddp.breakdown.total_bytes == one.breakdown.total_bytes + one.breakdown.trainable_params_bytes
+    assert any("gradient buckets" in n for n in ddp.notes)
+    qlora = plan(llama_dir, task="qlora", batch=2, seq=SEQ, gpus=("H100",), num_gpus=2, shard="fsdp")
+    assert any("FSDP-QLoRA is not simulated yet" in n and "ARITHMETIC" in n for n in qlora.notes)
+
+
+def test_the_sharded_simulation_is_cached_and_equals_the_uncached_one():
+    spec, cfg = StepSpec(task="lora", setting="bf16"), tiny_config("llama")
+    runs = [simulate_sharded_cached(cfg, spec, batch=2, seq=8, world_size=2, shard="zero2") for _ in range(2)]
+    assert [hit for _, hit in runs] == [False, True] and runs[0][0] == runs[1][0]
+    fresh, hit = simulate_sharded_cached(cfg, spec, batch=2, seq=8, world_size=2, shard="zero2", use_cache=False)
+    assert fresh == runs[0][0] and not hit
+
+
+def test_cpu_plans_n_ranks_but_not_auto(llama_dir):
+    with pytest.raises(PlanOptionError, match="--num-gpus N"):
+        plan(llama_dir, task="full", device="cpu", num_gpus="auto", shard="fsdp", seq=SEQ)
+
+
+def _request(folder, train: str, setting: str, precision: str) -> dict:
+    return {
+        "weights_dir": str(folder),
+        "setting": dataclasses.asdict(get_setting(setting)),
+        "device": "cpu",
+        "batch": 2,
+        "seq": SEQ,
+        "repeats": 1,
+        "warmup": 1,
+        "train": train,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "target": None,
+        "grad_checkpointing": False,
+        "precision": precision,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task,setting,precision,shard",
+    [("full", "bf16", "mixed", "fsdp"), ("lora", "bf16", "pure", "fsdp"), ("full", "bf16", "mixed", "ddp"),
+     ("lora", "bf16", "pure", "ddp")],
+)  # fmt: skip
+def test_cpu_plan_of_two_ranks_equals_the_largest_measured_rank(llama_dir, task, setting, precision, shard):
+    ranks = run_ranks(_request(llama_dir, task, setting, precision), nproc=2, shard=shard, timeout_s=300)
+    assert all(r.get("error") is None for r in ranks), ranks
+    measured = max(r["train"]["peak_bytes"] for r in ranks)
+    report = plan(llama_dir, task=task, setting=setting, precision=precision, batch=2, seq=SEQ, device="cpu",
+                  num_gpus=2, shard=shard)  # fmt: skip
+    assert report.breakdown.total_bytes == measured
