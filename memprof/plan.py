@@ -168,6 +168,9 @@ class PlanReport:
     num_gpus_auto: bool = False  # --num-gpus auto: every row has the fewest cards that fit (AUTO_GPU_COUNTS)
     notes: tuple[str, ...] = ()  # the assumptions behind the answer, short: shown under the table
     details: tuple[str, ...] = ()  # how every number is made: `plan --verbose`, Markdown, HTML, JSON
+    # the step over time, coarsely: the per-GPU breakdown at each recorded region's peak, in step order
+    # (memprof.measure.timeline.Timeline JSON, one point per region); its highest point is `breakdown`
+    timeline: dict | None = None
     kind: str = PLAN_KIND
 
 
@@ -328,6 +331,39 @@ def _sharding_note(source: str, task: str, setting: Setting, shard: str) -> str:
         else ("FSDP-QLoRA is not simulated yet" if setting.quantized else "inference is not simulated sharded")
     )
     return f"Per GPU: ARITHMETIC, the single-GPU simulation divided as {shard} divides it ({why}), not simulated."
+
+
+# Breakdown field -> the kind's name in a timeline (the profiler's names where they exist)
+TIMELINE_KINDS = {
+    "weights_bytes": "weights",
+    "trainable_params_bytes": "trainable_params",
+    "grads_bytes": "grads",
+    "optimizer_states_bytes": "optimizer_states",
+    "inputs_bytes": "inputs",
+    "kv_cache_bytes": "kv_cache",
+    "gathered_layers_bytes": "gathered_layers",
+    "dequant_transient_bytes": "in_kernel",
+    "activations_bytes": "activations_temporaries",
+}
+
+
+def _region_timeline(peaks: tuple[Breakdown, ...]):
+    """A timeline of one point per region peak (the simulation keeps each region's peak and what
+    held it, exactly, at the planned depth), so the chart of a plan reads like a profile's."""
+    from memprof.measure.timeline import Timeline, TimelinePhase, TimelinePoint
+
+    points = tuple(
+        TimelinePoint(i, bd.total_bytes, {kind: getattr(bd, field) for field, kind in TIMELINE_KINDS.items()})
+        for i, bd in enumerate(peaks)
+    )
+    top = max(points, key=lambda p: p.bytes)
+    return Timeline(
+        points=points,
+        phases=tuple(TimelinePhase(bd.peak_phase, i, i) for i, bd in enumerate(peaks)),
+        peak_event=top.event,
+        peak_bytes=top.bytes,
+        kinds=tuple(TIMELINE_KINDS.values()),
+    )
 
 
 def _peak(sim: Simulation, ctx: _Context) -> Breakdown:
@@ -528,6 +564,9 @@ def plan(
         corrections = tuple((ph, exact[ph].total_bytes - divided[ph]) for ph in exact if ph in divided)
         contexts[num_gpus] = replace(contexts[num_gpus], corrections=corrections)
         breakdowns[num_gpus] = max(exact.values(), key=lambda x: x.total_bytes)
+        region_peaks = {num_gpus: tuple(exact.values())}
+    else:
+        region_peaks = {}
     # the longest prompt the sweep may reach: the model's positions less the tokens generated after it
     seq_cap = MAX_SWEEP_SEQ if limit is None else limit - spec.new_tokens
     # the prompt lengths one fit holds for (a sliding window splits them in two): the fit of another
@@ -644,6 +683,10 @@ def plan(
         layers=fitted.layers,
         simulated_layers=fitted.simulated_layers,
         breakdown=breakdowns[shown],
+        timeline=_region_timeline(
+            region_peaks.get(shown)
+            or tuple(_phase_breakdown(p, contexts[shown], batch * seq) for p in fitted.direct.phases)
+        ).to_json(),
         unsharded_total_bytes=unsharded,
         flops_per_step=fitted.direct.flops,
         tokens_per_step=batch * (seq + spec.new_tokens) * shown,

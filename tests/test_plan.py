@@ -542,3 +542,39 @@ def test_a_4bit_cpu_plan_says_bitsandbytes_cpu_repacking_is_off(model_dir):
     assert any(CPU_REPACKING_NOTE in d for d in cpu.details)
     gpu = plan(model_dir, task="qlora", batch=2, seq=16, gpus=("T4",))
     assert not any(CPU_REPACKING_NOTE in d for d in gpu.details)
+
+
+def test_plan_carries_the_step_region_by_region_and_draws_it(tmp_path, capsys):
+    from memprof.cli import main
+    from memprof.report.plan import region_line
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(tiny_config("llama")))
+    r = plan(str(model_dir), task="full", batch=2, seq=16, gpus=("H100",))
+    points = r.timeline["points"]
+    assert [p["bytes"] for p in points] and max(p["bytes"] for p in points) == r.breakdown.total_bytes
+    assert r.timeline["phases"][0]["name"] == "zero_grad" and r.timeline["phases"][-1]["name"] == "optimizer"
+    assert all(sum(p["kinds"].values()) == p["bytes"] for p in points)
+    assert region_line(r).count("█") >= 1
+    assert (
+        main(
+            [
+                "plan",
+                str(model_dir),
+                "--task",
+                "full",
+                "--batch",
+                "2",
+                "--seq",
+                "16",
+                "--gpus",
+                "H100",
+                "--format",
+                "html",
+            ]
+        )
+        == 0
+    )
+    html = capsys.readouterr().out
+    assert html.count("<svg") == 1 and "H100" in html and "peak" in html

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.plan import Breakdown, GpuPlan, PlanReport
-from memprof.report.common import md_table
+from memprof.report.common import md_table, with_charts
 from memprof.report.units import count, gib
 
 # (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
@@ -192,6 +192,8 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
                 f"FLOPs per step per GPU: {count(r.flops_per_step)} (matmuls and attention, counted) · tokens per step: {count(r.tokens_per_step)}"
             )
         )
+        if region_line(r):
+            parts.append(Text(region_line(r)))
         parts += [Text(f"• {note}", style="dim") for note in r.details]
     return Group(*parts)
 
@@ -230,9 +232,39 @@ def _answer(r: PlanReport) -> str:
 
 
 def render_plan_html(r: PlanReport) -> str:
+    """The verbose screen, then the step over time (each region's peak) with the starred card's memory."""
+    from memprof.measure.timeline import Timeline
+    from memprof.report.timeline import timeline_svg
+
     console = Console(record=True, width=170, file=io.StringIO())
     console.print(plan_renderables(r, verbose=True))
-    return console.export_html(inline_styles=True)
+    html = console.export_html(inline_styles=True)
+    if not r.timeline:
+        return html
+    card = next((g for g in r.gpus if g.cheapest), r.gpus[0] if r.gpus else None)
+    svg = timeline_svg(
+        Timeline.from_json(r.timeline),
+        title=f"{r.model}: the step per GPU, each region's peak in step order (simulated)",
+        gpu_name=None if card is None or r.device == "cpu" else f"{card.name} less its CUDA context",
+        gpu_bytes=None if card is None or r.device == "cpu" else card.memory_bytes - card.context_bytes,
+        x_label="the step's regions in order (each point: the region's simulated peak and what held it)",
+    )
+    return with_charts(html, [svg])
+
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def region_line(r: PlanReport) -> str:
+    """One glyph per recorded region, in step order, from the lowest region peak (▁) to the peak (█)."""
+    points = (r.timeline or {}).get("points") or []
+    if not points:
+        return ""
+    low, high = min(p["bytes"] for p in points), max(p["bytes"] for p in points)
+    span = max(high - low, 1)
+    glyphs = "".join(_BLOCKS[min(7, (p["bytes"] - low) * 8 // span)] for p in points)
+    names = [ph["name"] for ph in r.timeline["phases"]]
+    return f"Over the step ({names[0]} → {names[-1]}, each region's peak): {glyphs}"
 
 
 def render_plan_md(r: PlanReport) -> str:

@@ -208,6 +208,7 @@ def timeline_svg(
     gpu_bytes: int | None = None,
     width: int = WIDTH,
     height: int = HEIGHT,
+    x_label: str = "events (every tensor made, freed or resized is one)",
 ) -> str:
     """The timeline as a stacked area by kind (one `<path class='kind' data-kind=...>` per kind that
     holds bytes), phase bands with labels, the peak marked with its bytes, and, with `gpu_bytes`,
@@ -219,7 +220,7 @@ def timeline_svg(
     last = points[-1].event if points else 1
     frame = _Frame(first, last, y_max, width=width, height=height)
     parts = _phase_bands(frame, timeline.phases)
-    parts += frame.axes("events (every tensor made, freed or resized is one)")
+    parts += frame.axes(x_label)
 
     below = [0] * len(points)
     xs = [frame.x(p.event) for p in points]
