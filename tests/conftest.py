@@ -86,3 +86,28 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMPROF_CACHE_DIR", str(tmp_path / "memprof-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def worker_request(weights_dir, *, setting: str = "fp32", train: str = "full", **overrides) -> dict:
+    """A measurement worker's request (what memprof.profile.profile sends a worker or the ranks), for
+    a tiny model's one timed step: batch 2 x 32 tokens, LoRA r=8 alpha=16 where it trains LoRA."""
+    import dataclasses
+
+    from memprof.settings import get_setting
+
+    return {
+        "weights_dir": str(weights_dir),
+        "setting": dataclasses.asdict(get_setting(setting)),
+        "device": "cpu",
+        "batch": 2,
+        "seq": 32,
+        "repeats": 1,
+        "warmup": 1,
+        "train": train,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "target": None,
+        "grad_checkpointing": False,
+        "precision": "pure",
+        **overrides,
+    }

@@ -3,15 +3,13 @@ step simulated on fake tensors equal to it, byte for byte."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, worker_request
 
 from memprof.measure.distributed import SHARD_MODES, decoder_layers, run_ranks
-from memprof.settings import get_setting
 from memprof.simulate import StepSpec
 from memprof.simulate_sharded import fake_process_group, simulate_sharded
 
@@ -28,22 +26,7 @@ def llama_dir(tmp_path_factory):
 
 
 def _request(folder, *, train="full", setting="fp32", precision="pure", **extra) -> dict:
-    return {
-        "weights_dir": str(folder),
-        "setting": dataclasses.asdict(get_setting(setting)),
-        "device": "cpu",
-        "batch": 2,
-        "seq": SEQ,
-        "repeats": 1,
-        "warmup": 1,
-        "train": train,
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "target": None,
-        "grad_checkpointing": False,
-        "precision": precision,
-        **extra,
-    }
+    return worker_request(folder, train=train, setting=setting, precision=precision, seq=SEQ, **extra)
 
 
 def test_torch_fake_process_group_is_where_the_simulation_expects_it():

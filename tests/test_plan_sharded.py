@@ -3,16 +3,14 @@ the sweeps corrected by it, DDP's buckets, what stays arithmetic, and the plan a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, worker_request
 
 from memprof.errors import PlanOptionError
 from memprof.measure.distributed import run_ranks
 from memprof.plan import plan
-from memprof.settings import get_setting
 from memprof.simulate import StepSpec
 from memprof.simulate_sharded import simulate_sharded, simulate_sharded_cached
 
@@ -84,21 +82,7 @@ def test_cpu_plans_n_ranks_but_not_auto(llama_dir):
 
 
 def _request(folder, train: str, setting: str, precision: str) -> dict:
-    return {
-        "weights_dir": str(folder),
-        "setting": dataclasses.asdict(get_setting(setting)),
-        "device": "cpu",
-        "batch": 2,
-        "seq": SEQ,
-        "repeats": 1,
-        "warmup": 1,
-        "train": train,
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "target": None,
-        "grad_checkpointing": False,
-        "precision": precision,
-    }
+    return worker_request(folder, train=train, setting=setting, precision=precision, seq=SEQ)
 
 
 @pytest.mark.slow
