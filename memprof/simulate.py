@@ -1155,7 +1155,9 @@ class ModelFit:
     from_fit: bool = False
     # the (batch, seq) whose simulation made the fits (the requested one, unless from_fit)
     fitted_at: tuple[int, int] = (0, 0)
-    check_error_bytes: int = 0  # the batch >= 2 fit's error at its check point (part of fit_error_bytes)
+    # the batch >= 2 fit's error at its check point (part of fit_error_bytes), with every phase's
+    # breakdown fitted category by category counted too (what a from_fit answer reports)
+    check_error_bytes: int = 0
     # batch 1 against the batch >= 2 fit at the requested seq (part of fit_error_bytes); None where
     # that was not checked (fitted at batch >= 2, or batch 1 has its own fit)
     batch1_error_bytes: int | None = None
@@ -1164,6 +1166,16 @@ class ModelFit:
         """The fitted step at (batch, seq) with `layers` layers (each depth's fit, extrapolated exactly)."""
         sims = [f.at(batch, seq) for f in self.fits]
         return sims[0] if len(sims) == 1 else extrapolate(sims[0], sims[1], self.layers)
+
+    def breakdown_at(self, batch: int, seq: int) -> Simulation | None:
+        """The step at (batch, seq) from every phase's breakdown at its peak fitted category by category
+        (what a direct simulation reports), where that agrees with the moments' fit on every phase's
+        peak; None where it does not (the peak moved to another moment)."""
+        plain = replace(self, fits=tuple(_breakdown_only(f) for f in self.fits)).at(batch, seq)
+        moments = self.at(batch, seq)
+        if [p.peak_bytes for p in plain.phases] != [p.peak_bytes for p in moments.phases]:
+            return None
+        return plain
 
     @property
     def batch1_exact(self) -> bool:
@@ -1213,6 +1225,21 @@ class _Request:
         return {"depths": list(self.depths), "seq_range": list(self.seq_range)}
 
 
+def _breakdown_only(step_fit: StepFit) -> StepFit:
+    batch1 = _breakdown_only(step_fit.batch1) if step_fit.batch1 is not None else None
+    return replace(step_fit, moment_coefficients={}, batch1=batch1)
+
+
+def _breakdown_error(fitted: Simulation | None, direct: Simulation) -> int:
+    if fitted is None:
+        return max(p.peak_bytes for p in direct.phases)
+    return max(
+        abs(p.breakdown[c] - q.breakdown[c])
+        for p, q in zip(fitted.phases, direct.phases, strict=True)
+        for c in CATEGORIES
+    )
+
+
 def _model_fit(data: dict, req: _Request) -> ModelFit:
     """The fits and the direct answer from a request's simulations (`data`, a cache entry)."""
     depths = req.depths
@@ -1237,7 +1264,8 @@ def _model_fit(data: dict, req: _Request) -> ModelFit:
         seq_range=req.seq_range,
         fitted_at=(req.batch, req.seq),
     )
-    err = check_err = _peak_error(model_fit.at(*check), simulated(check))
+    err = _peak_error(model_fit.at(*check), simulated(check))
+    check_err = max(err, _breakdown_error(model_fit.breakdown_at(*check), simulated(check)))
     batch1_err = None
     if req.batch == 1 and not own_batch1:  # batch 1 from the batch >= 2 fit: its error counts too
         batch1_err = _peak_error(model_fit.at(*requested), simulated(requested))
@@ -1270,7 +1298,10 @@ def _from_an_exact_fit(config: dict, spec: StepSpec, req: _Request) -> ModelFit 
                 model_fit = _model_fit(data, made)
                 if model_fit.check_error_bytes != 0 or (req.batch == 1 and not model_fit.batch1_exact):
                     continue  # the entry's own simulations decide, not the index
-                return replace(model_fit, direct=model_fit.at(req.batch, req.seq), from_cache=True, from_fit=True)
+                direct = model_fit.breakdown_at(req.batch, req.seq)
+                if direct is None:
+                    continue
+                return replace(model_fit, direct=direct, from_cache=True, from_fit=True)
     return None
 
 
