@@ -43,6 +43,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def inventories(session: nox.Session) -> None:
-    """Rebuild the shipped catalog inventories from the pinned transformers."""
+    """Rebuild the shipped catalog inventories and default-plan simulations from the pinned libraries
+    (`-- inventories` or `-- simulations [HUB_ID ...]` for one part)."""
     _install(session, "test")
-    session.run("python", "-m", "memprof.catalog.regenerate")
+    session.run("python", "-m", "memprof.catalog.regenerate", *session.posargs)

@@ -14,6 +14,8 @@ from pathlib import Path
 CATALOG_DIR = Path(__file__).parent
 CONFIGS_DIR = CATALOG_DIR / "configs"
 INVENTORIES_DIR = CATALOG_DIR / "inventories"
+# the simulations a default `memprof plan` of each catalog model makes (memprof.simulate reads them)
+SIMULATIONS_DIR = CATALOG_DIR / "simulations"
 
 
 @dataclass(frozen=True)

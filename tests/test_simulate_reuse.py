@@ -1,0 +1,103 @@
+"""A plan at another batch or seq of the same model and options is read off the earlier exact fit,
+equal to simulating it; it simulates where the fit is not known to hold. The layer count is read
+without transformers where the config can only mean one key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ARCH_MODELS, tiny_config
+
+from memprof import simulate
+from memprof.catalog import catalog_models
+from memprof.simulate import LAYER_ATTRIBUTE_KEYS, StepSpec, simulate_model
+
+
+def _phases(model_fit):
+    return [(p.phase, p.peak_bytes, p.breakdown) for p in model_fit.direct.phases]
+
+
+@pytest.mark.parametrize("spec", [StepSpec(task="lora"), StepSpec(task="full", device="cuda")], ids=["lora", "full"])
+def test_a_second_request_in_the_fitted_range_is_the_exact_fit_and_equals_simulating_it(spec):
+    config = tiny_config("llama")
+    first = simulate_model(config, spec, batch=2, seq=16)
+    assert not first.from_fit and first.check_error_bytes == 0
+    said: list[str] = []
+    again = simulate_model(config, spec, batch=5, seq=40, on_progress=said.append)
+    direct = simulate_model(config, spec, batch=5, seq=40, use_cache=False)
+    assert again.from_fit and again.from_cache and not direct.from_fit
+    assert said == []  # nothing simulated
+    assert _phases(again) == _phases(direct)
+    assert again.direct.flops == direct.direct.flops
+    assert again.fitted_at == (2, 16) and again.fit_error_bytes == first.fit_error_bytes
+
+
+def test_a_fit_whose_breakdown_moves_between_moments_is_not_reused_but_simulated():
+    """Generation: some phase's peak breakdown is not one moment's across (batch, seq) (its category
+    by category fit misses the check point), so a later request is simulated, equal to no cache."""
+    config, spec = tiny_config("llama"), StepSpec(task="infer", new_tokens=4)
+    first = simulate_model(config, spec, batch=2, seq=16)
+    assert first.check_error_bytes > 0
+    again = simulate_model(config, spec, batch=5, seq=40)
+    assert not again.from_fit and _phases(again) == _phases(
+        simulate_model(config, spec, batch=5, seq=40, use_cache=False)
+    )
+
+
+def test_batch_one_is_simulated_unless_the_fit_was_checked_at_batch_one():
+    config, spec = tiny_config("llama"), StepSpec(task="lora")
+    simulate_model(config, spec, batch=2, seq=16)
+    assert not simulate_model(config, spec, batch=1, seq=24).from_fit  # the batch-2 fit never saw batch 1
+    ones = simulate_model(config, spec, batch=1, seq=30)
+    if ones.batch1_exact:  # batch 1 is on the larger batches' polynomial here: later batch-1 plans read it
+        assert simulate_model(config, spec, batch=1, seq=40).from_fit
+
+
+def test_a_fit_with_an_error_at_its_check_point_is_not_reused(monkeypatch):
+    config, spec = tiny_config("llama"), StepSpec(task="lora")
+    simulate_model(config, spec, batch=2, seq=16)
+    index = simulate._cache_path(config, spec, "fits", {"depths": [2], "seq_range": [1, 128]})
+    data = json.loads(index.read_text())
+    data["fits"][0]["check_error_bytes"] = 1
+    index.write_text(json.dumps(data))
+    assert not simulate_model(config, spec, batch=3, seq=20).from_fit
+
+
+def test_another_seq_range_is_simulated_not_read_off_the_first_ranges_fit():
+    config, spec = tiny_config("phi3"), StepSpec(task="infer")  # window 64: ranges [1, 63] and [64, 128]
+    simulate_model(config, spec, batch=2, seq=16)
+    assert simulate_model(config, spec, batch=2, seq=30).from_fit
+    assert not simulate_model(config, spec, batch=2, seq=80).from_fit
+
+
+def test_an_index_entry_is_only_used_with_the_simulations_of_exactly_its_key():
+    config, spec = tiny_config("llama"), StepSpec(task="lora")
+    simulate_model(config, spec, batch=2, seq=16)
+    other = StepSpec(task="lora", lora_r=16)
+    assert not simulate_model(config, other, batch=3, seq=20).from_fit
+
+
+def _every_config():
+    yield from ((e.hub_id, e.config()) for e in catalog_models())
+    yield from ((f"tiny-{arch}", tiny_config(arch)) for arch in ARCH_MODELS)
+    yield "mpt-without-key", {"model_type": "mpt", "d_model": 64, "n_heads": 4}
+    yield "both-keys", {"model_type": "gpt2", "n_layer": 2, "num_hidden_layers": 5}
+
+
+@pytest.mark.parametrize(("name", "config"), list(_every_config()), ids=lambda v: v if isinstance(v, str) else "")
+def test_the_layer_count_without_transformers_is_transformers_rule(name, config):
+    assert simulate._layer_key(config) == simulate._layer_key_from_transformers(config)
+
+
+def test_layer_attribute_keys_are_every_key_transformers_config_classes_name():
+    from transformers import CONFIG_MAPPING
+
+    named = set()
+    for model_type in CONFIG_MAPPING:
+        try:
+            config_class = CONFIG_MAPPING[model_type]
+        except Exception:  # noqa: BLE001  (a class whose optional dependency is missing)
+            continue
+        named.add(config_class.attribute_map.get("num_hidden_layers", "num_hidden_layers"))
+    assert named <= LAYER_ATTRIBUTE_KEYS
