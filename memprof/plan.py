@@ -166,6 +166,9 @@ class PlanReport:
     gpus: tuple[GpuPlan, ...]
     cheapest: str | None
     num_gpus_auto: bool = False  # --num-gpus auto: every row has the fewest cards that fit (AUTO_GPU_COUNTS)
+    # the breakdown at (batch, seq) was read off the exact fit of an earlier plan of the same model and
+    # options (simulate.ModelFit.from_fit), not simulated at that point
+    from_fit: bool = False
     notes: tuple[str, ...] = ()  # the assumptions behind the answer, short: shown under the table
     details: tuple[str, ...] = ()  # how every number is made: `plan --verbose`, Markdown, HTML, JSON
     # the step over time, coarsely: the per-GPU breakdown at each recorded region's peak, in step order
@@ -363,6 +366,16 @@ def _region_timeline(peaks: tuple[Breakdown, ...]):
         peak_event=top.event,
         peak_bytes=top.bytes,
         kinds=tuple(TIMELINE_KINDS.values()),
+    )
+
+
+def _from_fit_note(fitted) -> tuple[str, ...]:
+    b, s = fitted.fitted_at
+    if not fitted.from_fit or (b, s) == (fitted.direct.batch, fitted.direct.seq):  # seq < 4: its own fit
+        return ()
+    return (
+        f"Read off the fit of an earlier plan of this model and options (simulated at batch {b} × seq {s:,}; "
+        "exact, 0 bytes off, at the point it was checked on), not simulated at this batch and seq.",
     )
 
 
@@ -693,6 +706,7 @@ def plan(
         fit_error_bytes=fit_error,
         max_positions=limit,
         from_cache=fitted.from_cache,
+        from_fit=fitted.from_fit,
         gpus=tuple(rows),
         cheapest=cheapest,
         num_gpus_auto=auto,
@@ -713,6 +727,7 @@ def plan(
             optimizer,
         )
         + _window_note(resolved.config, ranges)
+        + _from_fit_note(fitted)
         + ((_sharding_note(sharded, task, chosen_setting, shard),) if sharded else ()),
     )
 

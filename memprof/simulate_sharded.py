@@ -23,9 +23,10 @@ from memprof.simulate import (
     PhasePeak,
     Simulation,
     StepSpec,
-    _cache_path,
-    _cached,
+    _cache_key,
     _eager_mask_paths,
+    _read_entry,
+    _write_entry,
     extrapolate,
     layer_count,
     layer_period,
@@ -156,14 +157,15 @@ def simulate_sharded_cached(
 ) -> tuple[Simulation, bool]:
     """simulate_sharded, cached on disk beside the single-GPU fits (simulate's cache: the same key of
     config, spec and library versions); also whether the cache answered."""
-    path = _cache_path(config, spec, "sharded", {"batch": batch, "seq": seq, "world_size": world_size, "shard": shard})
-    hit = use_cache and path.is_file()
-
-    def compute() -> dict:
-        sim = simulate_sharded(
-            config, spec, batch=batch, seq=seq, world_size=world_size, shard=shard, trust_remote_code=trust_remote_code
-        )
-        return sim.to_json()
-
-    data = _cached(path, compute) if use_cache else compute()
-    return Simulation.from_json(data), hit
+    name, key = _cache_key(
+        config, spec, "sharded", {"batch": batch, "seq": seq, "world_size": world_size, "shard": shard}
+    )
+    entry = _read_entry(name) if use_cache else None
+    if entry is not None and "simulation" in entry:
+        return Simulation.from_json(entry["simulation"]), True
+    sim = simulate_sharded(
+        config, spec, batch=batch, seq=seq, world_size=world_size, shard=shard, trust_remote_code=trust_remote_code
+    )
+    if use_cache:
+        _write_entry(name, {"key": key, "simulation": sim.to_json()})
+    return sim, False

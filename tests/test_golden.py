@@ -21,7 +21,7 @@ from memprof.cli import main
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("MEMPROF_REGEN_GOLDEN") == "1"
 # What differs between two runs of the same command on the same code: not behaviour.
-VOLATILE_KEYS = {"created", "env", "command", "from_cache"}
+VOLATILE_KEYS = {"created", "env", "command", "from_cache", "from_fit"}  # from_*: the cache's state
 VOLATILE_SUFFIXES = ("_ms", "_s", "_ms_iqr", "_s_iqr")
 # a measured run's timeline: every tensor event of the step (its peak equals the step's, tested in
 # tests/test_timeline.py and tests/test_profile_modes.py); kept out so the golden files stay readable
