@@ -6,9 +6,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.lora import LoraReport, LoraSweep, ModuleParams
 from memprof.report.common import md_table, render_html, render_text
 from memprof.report.units import count, human_bytes
+from memprof.results.lora import LoraReport, LoraSweep, ModuleParams
 
 KIND_SUFFIX = {"lora": "", "modules_to_save": " (full copy)", "bias": "", "other": ""}
 

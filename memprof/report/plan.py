@@ -10,9 +10,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.plan import Breakdown, GpuPlan, PlanReport
 from memprof.report.common import md_table
 from memprof.report.units import count, gib
+from memprof.results.plan import Breakdown, GpuPlan, PlanReport
 
 # (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
 BAR_PARTS = (

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from memprof.report.common import md_table, render_html, render_text
 from memprof.report.plan import significant
-from memprof.validate import ValidationReport, ValidationRow
+from memprof.results.validate import ValidationReport, ValidationRow
 
 # (header, CPU only): sizes in one unit per report, named in the headers; the terminal breaks headers at \n
 COLUMNS = (
