@@ -5,8 +5,6 @@ The public Python API; the CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import logging as _logging
 
 from memprof.errors import MemprofError
@@ -22,6 +20,7 @@ from memprof.results.plan import PlanReport
 from memprof.results.validate import ValidationReport, ValidationRow
 from memprof.settings import SETTINGS, Setting, parse_settings
 from memprof.validate import validate
+from memprof.version import __version__
 
 # On AVX512-BF16 CPUs, importing bitsandbytes 0.50 logs a warning that the optional package
 # `kernels` (a faster CPU 4-bit kernel from the hub) is missing. memprof never runs that kernel (it
@@ -32,6 +31,7 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 )
 
 __all__ = [
+    "__version__",
     "SETTINGS",
     "FootprintReport",
     "Inventory",

@@ -11,9 +11,9 @@ from memprof.inventory import Inventory, installed_transformers_version, invento
 from memprof.measure.load import MeasuredLoad
 from memprof.models import ResolvedModel, resolve_model
 from memprof.predict import SettingPrediction, predict_setting
-from memprof.report.units import human_bytes
 from memprof.results.footprint import FootprintReport, SettingFootprint
 from memprof.settings import SETTINGS, Setting, parse_settings
+from memprof.units import human_bytes
 
 # The memory sizes users shop by (catalog `tier_gb`); every card of these sizes is checked.
 FOOTPRINT_GPU_TIERS_GB = (16, 24, 40, 48, 80, 141)

@@ -21,6 +21,7 @@ from pathlib import Path
 from memprof import catalog
 from memprof.errors import ProfileOptionError
 from memprof.inventory import inventory_for
+from memprof.io import parse_bytes
 from memprof.lora import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
 from memprof.results.profile import (
@@ -46,20 +47,6 @@ def _known(cls, data: dict) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # sizes and budgets
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_bytes(text: str) -> int:
-    """'15GiB' -> 15 * 2**30; '16GB' -> 16 * 10**9; '1024' -> 1024 bytes."""
-    match = _SIZE.match(str(text))
-    if not match:
-        raise ProfileOptionError(f"cannot read {text!r} as a size; write e.g. 15GiB, 16000MiB or 16GB")
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    binary = "i" in unit
-    scale = 2 ** (10 * "kmgt".index(unit[0]) + 10) if binary else _UNITS[unit.rstrip("b") or "b"]
-    return int(number * scale)
 
 
 def gpu_budget(gpu: str) -> tuple[str, int]:
@@ -137,8 +124,8 @@ def _version(dist: str) -> str | None:
 
 def environment(device: str, *, command: str | None = None) -> dict:
     """Versions, machine and GPU (from NVML) for a result file."""
-    from memprof import __version__
     from memprof.measure.nvml import gpu_info
+    from memprof.version import __version__
 
     env = {
         "memprof": __version__,

@@ -62,7 +62,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
-from memprof.inventory import cache_dir, config_key, write_json_atomic
+from memprof.inventory import config_key
+from memprof.io import cache_dir, write_json_atomic
 from memprof.settings import get_setting
 from memprof.step import autocast as step_autocast
 from memprof.step import make_optimizer as step_optimizer
@@ -1054,9 +1055,9 @@ def _peak_error(fitted: Simulation, direct: Simulation) -> int:
 def _versions() -> dict:
     """What a cached simulation depends on besides config and spec: memprof's own code (its version)
     and every library whose modules the step runs (bitsandbytes: the quantized settings' layers)."""
-    import memprof  # at call time: the package is loaded by then, and its __init__ imports this module
+    from memprof import version  # at call time, so a test can change the version
 
-    out = {"format": SIM_FORMAT, "memprof": memprof.__version__}
+    out = {"format": SIM_FORMAT, "memprof": version.__version__}
     for dist in ("torch", "transformers", "peft", "bitsandbytes"):
         try:
             out[dist] = metadata.version(dist)

@@ -168,7 +168,7 @@ def train_step(model, optimizer, ids, *, precision: str = "pure", compute_dtype:
 
 def model_parts(model, optimizer=None) -> dict[str, list]:
     """The model's tensors by kind: frozen weights, quant state, trainable params, grads, optimizer states."""
-    from memprof.measure.tensors import held_tensors
+    from memprof.tensors import held_tensors
 
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]

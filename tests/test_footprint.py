@@ -15,8 +15,8 @@ from memprof.cli import main
 from memprof.errors import DeviceError, SettingError
 from memprof.report.footprint import render_footprint_md
 from memprof.report.jsonout import render_json
-from memprof.report.units import human_bytes
 from memprof.settings import parse_settings
+from memprof.units import human_bytes
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -122,7 +122,9 @@ def _drop_volatile(value, measured: bool):
 def _check(name: str, argv: list[str], capsys, monkeypatch) -> None:
     monkeypatch.chdir(GOLDEN)
     monkeypatch.setenv("COLUMNS", "100")
-    monkeypatch.setattr(importlib.import_module("memprof.plan"), "_host_memory_bytes", lambda: RECORDED_HOST_MEMORY_BYTES)
+    monkeypatch.setattr(
+        importlib.import_module("memprof.plan"), "_host_memory_bytes", lambda: RECORDED_HOST_MEMORY_BYTES
+    )
     capsys.readouterr()
     code = main(argv)
     out = capsys.readouterr().out

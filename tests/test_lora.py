@@ -292,8 +292,8 @@ def test_a_quantized_setting_shows_the_base_after_qloras_fp32_cast():
     from memprof.inventory import inventory_for
     from memprof.predict import kbit_training_cast
     from memprof.report.lora import summary_rows
-    from memprof.report.units import human_bytes
     from memprof.settings import get_setting
+    from memprof.units import human_bytes
 
     report = lora_params("meta-llama/Llama-3.1-8B", r=32, target="attention", setting="nf4-dq")
     base = report.base

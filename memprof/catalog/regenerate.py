@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 
 from memprof.catalog import catalog_models
-from memprof.inventory import build_inventory, shipped_inventory_path, write_json_atomic
+from memprof.inventory import build_inventory, shipped_inventory_path
+from memprof.io import write_json_atomic
 
 
 def regenerate() -> list[str]:

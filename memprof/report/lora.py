@@ -7,8 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.report.common import md_table, render_html, render_text
-from memprof.report.units import count, human_bytes
 from memprof.results.lora import LoraReport, LoraSweep, ModuleParams
+from memprof.units import count, human_bytes
 
 KIND_SUFFIX = {"lora": "", "modules_to_save": " (full copy)", "bias": "", "other": ""}
 

@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.report.common import md_table
-from memprof.report.units import count, gib
 from memprof.results.plan import Breakdown, GpuPlan, PlanReport
+from memprof.units import count, gib
 
 # (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
 BAR_PARTS = (

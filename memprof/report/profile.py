@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.report.common import md_table, render_html, render_text
-from memprof.report.units import human_bytes, percent
 from memprof.results.profile import ProfileComparison, ProfileReport, SettingProfile
+from memprof.units import human_bytes, percent
 
 # one glyph and one colour per kind, so the bar reads without colour too (piped, --format md)
 BREAKDOWN_STYLES = {

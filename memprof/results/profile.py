@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memprof.errors import ResultFileError
+from memprof.io import write_json_atomic
 from memprof.results.decode import _json_list, _kind_text, fields_from_json, read_result_json
 
 RESULT_KIND = "memprof.profile"
@@ -141,8 +142,6 @@ class ProfileReport:
 
     def save(self, path: Path) -> None:
         """Write the JSON atomically: readers see the old file or the whole new one."""
-        from memprof.inventory import write_json_atomic
-
         try:
             write_json_atomic(Path(path), self.to_json(), indent=2)
         except OSError as exc:
