@@ -10,7 +10,7 @@ import logging as _logging
 from memprof.errors import MemprofError
 from memprof.footprint import footprint
 from memprof.inventory import Inventory, inventory_for
-from memprof.lora import lora_params, lora_sweep
+from memprof.lora_params import lora_params, lora_sweep
 from memprof.models import ResolvedModel, resolve_model
 from memprof.plan import plan
 from memprof.predict import SettingPrediction, predict_setting

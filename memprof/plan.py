@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from memprof import catalog
 from memprof.errors import PlanOptionError
 from memprof.inventory import Inventory, inventory_for
-from memprof.lora import parse_alpha, parse_rank, peft_target_modules
+from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.measure.flops import COUNTED_NOTE as FLOPS_COUNTED_NOTE
 from memprof.models import resolve_model
 from memprof.predict import tensor_bytes

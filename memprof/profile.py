@@ -22,7 +22,7 @@ from memprof import catalog
 from memprof.errors import ProfileOptionError
 from memprof.inventory import inventory_for
 from memprof.io import parse_bytes
-from memprof.lora import parse_alpha, parse_rank, peft_target_modules
+from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
 from memprof.results.profile import (
     ComparisonRow,

@@ -95,7 +95,7 @@ class StepSpec:
     optimizer: str = "adamw"
     lora_r: int = 8
     lora_alpha: float = 16
-    # LoraConfig target_modules as memprof.lora.peft_target_modules resolves it: names, "all-linear",
+    # LoraConfig target_modules as memprof.lora.options.peft_target_modules resolves it: names, "all-linear",
     # or None for peft's default
     target: tuple[str, ...] | str | None = None
     grad_checkpointing: bool = False

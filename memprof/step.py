@@ -1,7 +1,7 @@
 """The training step memprof measures (profile) and simulates (plan): one definition for both.
 
 LoRA defaults follow `memprof lora-params`: r=8, alpha=2*r, dropout 0, and target names resolved
-and validated by memprof.lora (names, `attention`, `mlp`, `all-linear`, or peft's default).
+and validated by memprof.lora.options (names, `attention`, `mlp`, `all-linear`, or peft's default).
 Everything here imports torch/peft lazily, inside the functions.
 """
 

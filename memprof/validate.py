@@ -122,7 +122,7 @@ def validate(
     crash) is a row with its `error`; the other rows go on. Timing is not the point: `repeats` and
     `warmup` are kept small.
     """
-    from memprof.lora import parse_alpha, parse_rank
+    from memprof.lora.options import parse_alpha, parse_rank
     from memprof.measure.load import check_device
     from memprof.models import resolve_model
     from memprof.plan import plan

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_config
 
 from memprof.cli import main
-from memprof.lora import lora_params, lora_sweep
+from memprof.lora_params import lora_params, lora_sweep
 
 
 def one_line_error(capsys, command: str) -> str:

@@ -18,7 +18,9 @@ from memprof.catalog import catalog_models
 from memprof.cli import main
 from memprof.errors import UnsupportedTargetError
 from memprof.inventory import build_meta_model
-from memprof.lora import PEFT_DEFAULT_TARGETS, check_wrappable, safetensors_file_bytes
+from memprof.lora.count import check_wrappable
+from memprof.lora.options import PEFT_DEFAULT_TARGETS
+from memprof.lora_params import safetensors_file_bytes
 from memprof.models import resolve_model
 from memprof.report.lora import lora_renderables
 
