@@ -81,10 +81,6 @@ class Inventory:
     def param_count(self) -> int:
         return sum(t.numel for t in self.params)
 
-    def linear_names(self) -> tuple[str, ...]:
-        """Module paths of the linears bitsandbytes would quantize (what LoRA usually targets)."""
-        return tuple(t.name.removesuffix(".weight") for t in self.tensors if t.quantizable)
-
     def to_json(self) -> dict:
         return {
             "format": INVENTORY_FORMAT,

@@ -815,10 +815,6 @@ class StepSimulator:
 # extrapolation and fit
 
 
-def _affine(v1: int, v2: int, step: int, target: int) -> int:
-    return v1 + (v2 - v1) * target // step
-
-
 def extrapolate(a: Simulation, b: Simulation, layers: int) -> Simulation:
     """Exactly affine extrapolation in layer count from simulations at a.layers and b.layers."""
     step = b.layers - a.layers

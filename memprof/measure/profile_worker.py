@@ -25,9 +25,6 @@ from pathlib import Path
 
 from memprof.measure.flops import count_flops  # the one FLOP table, shared with plan's simulation
 
-PHASES = ("load", "forward", "train", "offload")
-
-
 # ---------------------------------------------------------------------------------------------
 # parent side
 
@@ -399,7 +396,7 @@ def _offload(request: dict, setting, load, ids, forward_ms: float, sampler) -> d
         model = load(
             "auto",
             qconfig,
-            max_memory={0: budget, "cpu": request.get("max_cpu_memory_bytes") or "1000GiB"},
+            max_memory={0: budget, "cpu": "1000GiB"},
             offload_folder=folder,
         )
         model.eval()

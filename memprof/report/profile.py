@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.report.common import md_table, render_html, render_text
+from memprof.report.common import md_table, render_html
 from memprof.results.profile import ProfileComparison, ProfileReport, SettingProfile
 from memprof.units import human_bytes, percent
 
@@ -322,10 +322,6 @@ def _notes(report: ProfileReport) -> list[str]:
             notes += [f"{r.setting}: {n}" for n in r.train.notes[-1:]]
             break
     return notes
-
-
-def render_profile_text(report: ProfileReport, *, width: int = 140) -> str:
-    return render_text(profile_renderables(report), width=width)
 
 
 def render_profile_html(report: ProfileReport) -> str:

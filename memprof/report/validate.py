@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.report.common import md_table, render_html, render_text
+from memprof.report.common import md_table, render_html
 from memprof.report.plan import significant
 from memprof.results.validate import ValidationReport, ValidationRow
 
@@ -152,10 +152,6 @@ def validate_renderables(report: ValidationReport) -> Group:
     parts += [Text(""), Text(summary(report), style="bold"), Text("")]
     parts += [Text(f"• {note}", style="dim") for note in _notes(report)]
     return Group(*parts)
-
-
-def render_validate_text(report: ValidationReport, *, width: int = 140) -> str:
-    return render_text(validate_renderables(report), width=width)
 
 
 def render_validate_html(report: ValidationReport) -> str:
