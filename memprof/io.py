@@ -1,4 +1,5 @@
-"""Files and sizes, for every layer: atomic writes, memprof's cache directory, sizes written by users."""
+"""Files and sizes, for every layer: atomic writes, memprof's cache directory, sizes written by users,
+and this machine's memory."""
 
 from __future__ import annotations
 
@@ -57,3 +58,12 @@ def parse_bytes(text: str) -> int:
     binary = "i" in unit
     scale = 2 ** (10 * "kmgt".index(unit[0]) + 10) if binary else _UNITS[unit.rstrip("b") or "b"]
     return int(number * scale)
+
+
+def host_memory_bytes() -> int:
+    """This machine's physical memory (on Linux equal to /proc/meminfo's MemTotal); 0 where unknown.
+    The one reading for plan's CPU row and profile's CPU offload budget."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0

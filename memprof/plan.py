@@ -26,12 +26,12 @@ Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch):
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 
 from memprof import catalog
 from memprof.errors import PlanOptionError
 from memprof.inventory import Inventory, inventory_for
+from memprof.io import host_memory_bytes
 from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.measure.flops import COUNTED_NOTE as FLOPS_COUNTED_NOTE
 from memprof.models import resolve_model
@@ -235,16 +235,8 @@ def _max_int(ok, hi: int, lo: int = 1) -> int:
     return lo
 
 
-def _host_memory_bytes() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in open("/proc/meminfo").read().splitlines():  # noqa: SIM115
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def _cpu_as_gpu() -> catalog.Gpu:
-    return catalog.Gpu("cpu (this machine)", _host_memory_bytes(), 0.0, 0.0, 0.0, 0)
+    return catalog.Gpu("cpu (this machine)", host_memory_bytes(), 0.0, 0.0, 0.0, 0)
 
 
 def _select_gpus(names: tuple[str, ...] | None, table: tuple[catalog.Gpu, ...]) -> tuple[catalog.Gpu, ...]:

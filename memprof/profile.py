@@ -21,7 +21,7 @@ from pathlib import Path
 from memprof import catalog
 from memprof.errors import ProfileOptionError
 from memprof.inventory import inventory_for
-from memprof.io import parse_bytes
+from memprof.io import host_memory_bytes, parse_bytes
 from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
 from memprof.results.profile import (
@@ -79,7 +79,7 @@ def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, c
             module, _, leaf = name.rpartition(".")
             if not (module in quantized and leaf == "weight"):
                 special[name] = getattr(torch, setting.dtype)
-    cpu = cpu_bytes if cpu_bytes is not None else _host_memory_bytes()
+    cpu = cpu_bytes if cpu_bytes is not None else host_memory_bytes()
     # accelerate warns that GPU 0 does not exist when planning on a machine without one; the plan is still right
     accelerate_log = logging.getLogger("accelerate.utils.modeling")
     level = accelerate_log.level
@@ -105,10 +105,6 @@ def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, c
         "plan_cpu_bytes": totals["cpu"],
         "plan_disk_bytes": totals["disk"],
     }
-
-
-def _host_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ MAX_LINES = 600
 # Still to be split by concern (issue 11): simulate.py (fake model and patches, recorder, fit,
 # extrapolation, cache) and plan.py (verdicts and sweeps, notes). Each may only shrink; no other
 # module may pass MAX_LINES.
-OVERSIZE_TO_SPLIT = {"memprof.simulate": 1192, "memprof.plan": 728}
+OVERSIZE_TO_SPLIT = {"memprof.simulate": 1192, "memprof.plan": 720}
 
 # Lowest first. A module belongs to the last (highest) layer with a prefix it matches; it may import
 # from its own layer and below. Within a layer the cycle check keeps imports one-way.

@@ -123,7 +123,7 @@ def _check(name: str, argv: list[str], capsys, monkeypatch) -> None:
     monkeypatch.chdir(GOLDEN)
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setattr(
-        importlib.import_module("memprof.plan"), "_host_memory_bytes", lambda: RECORDED_HOST_MEMORY_BYTES
+        importlib.import_module("memprof.plan"), "host_memory_bytes", lambda: RECORDED_HOST_MEMORY_BYTES
     )
     capsys.readouterr()
     code = main(argv)
