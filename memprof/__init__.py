@@ -5,19 +5,22 @@ The public Python API; the CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import logging as _logging
 
 from memprof.errors import MemprofError
-from memprof.footprint import FootprintReport, SettingFootprint, footprint
+from memprof.footprint import footprint
 from memprof.inventory import Inventory, inventory_for
-from memprof.lora import LoraReport, LoraSweep, lora_params, lora_sweep
+from memprof.lora_params import lora_params, lora_sweep
 from memprof.models import ResolvedModel, resolve_model
-from memprof.plan import PlanReport, plan
+from memprof.plan import plan
 from memprof.predict import SettingPrediction, predict_setting
+from memprof.results.footprint import FootprintReport, SettingFootprint
+from memprof.results.lora import LoraReport, LoraSweep
+from memprof.results.plan import PlanReport
+from memprof.results.validate import ValidationReport, ValidationRow
 from memprof.settings import SETTINGS, Setting, parse_settings
-from memprof.validate import ValidationReport, ValidationRow, validate
+from memprof.validate import validate
+from memprof.version import __version__
 
 # On AVX512-BF16 CPUs, importing bitsandbytes 0.50 logs a warning that the optional package
 # `kernels` (a faster CPU 4-bit kernel from the hub) is missing. memprof never runs that kernel (it
@@ -28,6 +31,7 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 )
 
 __all__ = [
+    "__version__",
     "SETTINGS",
     "FootprintReport",
     "Inventory",

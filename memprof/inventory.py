@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from memprof.catalog import INVENTORIES_DIR, find_catalog_model
 from memprof.errors import ConfigError
+from memprof.io import cache_dir, write_json_atomic
 from memprof.models import ResolvedModel
 
 INVENTORY_FORMAT = 1
@@ -82,10 +81,6 @@ class Inventory:
     def param_count(self) -> int:
         return sum(t.numel for t in self.params)
 
-    def linear_names(self) -> tuple[str, ...]:
-        """Module paths of the linears bitsandbytes would quantize (what LoRA usually targets)."""
-        return tuple(t.name.removesuffix(".weight") for t in self.tensors if t.quantizable)
-
     def to_json(self) -> dict:
         return {
             "format": INVENTORY_FORMAT,
@@ -144,30 +139,8 @@ def installed_transformers_version() -> str:
         return "not installed"
 
 
-def cache_dir() -> Path:
-    if os.environ.get("MEMPROF_CACHE_DIR"):
-        return Path(os.environ["MEMPROF_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "memprof"
-
-
 def shipped_inventory_path(hub_id: str) -> Path:
     return INVENTORIES_DIR / (hub_id.replace("/", "__") + ".json")
-
-
-def write_json_atomic(path: Path, data: dict, *, indent: int | None = None) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=indent)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @cache
@@ -332,9 +305,3 @@ def build_inventory(config: dict, *, trust_remote_code: bool = False) -> Invento
         config_key=config_key(config),
         tensors=tuple(records),
     )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

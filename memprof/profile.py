@@ -10,446 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import os
 import platform
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from memprof import catalog
-from memprof.errors import MemprofError, ProfileOptionError, ResultFileError
+from memprof.errors import MemprofError, ProfileOptionError
 from memprof.inventory import inventory_for
-from memprof.lora import parse_alpha, parse_rank, peft_target_modules
+from memprof.io import host_memory_bytes, parse_bytes
+from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import ResolvedModel, resolve_model
+from memprof.results.profile import (
+    ForwardProfile,
+    GenerateProfile,
+    LoadProfile,
+    OffloadProfile,
+    ProfileReport,
+    SettingProfile,
+    TrainProfile,
+)
 from memprof.settings import CPU_REPACKING_NOTE, Setting, parse_settings
 from memprof.step import DEFAULT_LORA_R, check_precision, default_alpha, resolve_grad_checkpointing
 
 TRAIN_MODES = ("lora", "full", "none")
-RESULT_KIND = "memprof.profile"
-COMPARE_KIND = "memprof.compare"  # `memprof compare --json`, which `memprof report` re-renders
-RESULT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class LoadProfile:
-    load_s: float
-    footprint_bytes: int
-    true_bytes: int
-    peak_bytes: int  # allocator peak on GPU, live-tensor peak on CPU (see peak_kind)
-    peak_kind: str = ""
-    reserved_peak_bytes: int | None = None
-    device_peak_bytes: int | None = None  # NVML: whole device, CUDA context included
-    peak_rss_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class ForwardProfile:
-    median_ms: float
-    iqr_ms: float
-    tokens_per_s: float
-    peak_bytes: int
-    min_ms: float | None = None
-    reserved_peak_bytes: int | None = None
-    device_peak_bytes: int | None = None
-    peak_rss_bytes: int | None = None
-    tracked_ms: float | None = None  # CPU: the separate step run under the live-bytes tracker
-    overhead_pct: float | None = None  # GPU: time the NVML sampler adds
-    timeline: dict | None = None  # CPU: memprof.measure.timeline.Timeline JSON of the tracked forward
-
-
-@dataclass(frozen=True)
-class GenerateProfile:
-    """`generate` with exactly `new_tokens` greedy tokens (memprof.measure.generate): time to first
-    token, decode speed, the KV cache really held at the end and memprof's arithmetic for it."""
-
-    new_tokens: int
-    prompt_tokens: int
-    batch: int
-    cache: str  # "dynamic" (DynamicCache) or "static" (StaticCache)
-    prefill_ms: float  # median: a generate of one new token, the time to first token
-    generate_ms: float  # median: the whole generate of new_tokens
-    decode_ms: float  # generate_ms - prefill_ms: the new_tokens - 1 decode steps
-    kv_cache_bytes: int  # the cache's storages after generate (prompt + new_tokens - 1 tokens)
-    kv_cache_tokens: int
-    peak_bytes: int
-    prefill_iqr_ms: float | None = None
-    generate_iqr_ms: float | None = None
-    decode_tokens_per_s: float | None = None  # None when the decode time is within the prefill's noise
-    predicted_kv_cache_bytes: int | None = None  # memprof.kvcache's exact arithmetic for the same tokens
-    peak_kind: str = ""
-    reserved_peak_bytes: int | None = None
-    device_peak_bytes: int | None = None
-    peak_rss_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class TrainProfile:
-    mode: str  # "lora" or "full"
-    median_ms: float
-    iqr_ms: float
-    tokens_per_s: float
-    flops: int  # one step, counted by torch's FlopCounterMode (+ bitsandbytes matmuls)
-    tflops: float  # achieved: flops / median step time
-    peak_bytes: int
-    breakdown: dict[str, int]  # bytes by kind at the peak; sums to peak_bytes
-    trainable_params: int
-    grad_checkpointing: bool = False
-    precision: str = "pure"  # memprof.step.PRECISIONS; files from before it were pure
-    min_ms: float | None = None
-    peak_fraction: float | None = None  # of the GPU's catalog bf16 dense peak
-    reserved_peak_bytes: int | None = None
-    device_peak_bytes: int | None = None
-    peak_rss_bytes: int | None = None
-    tracked_ms: float | None = None
-    overhead_pct: float | None = None
-    breakdown_method: str = ""
-    notes: tuple[str, ...] = ()
-    timeline: dict | None = None  # CPU: memprof.measure.timeline.Timeline JSON of the tracked step
-    snapshot: str | None = None  # CUDA --snapshot: the allocator history file of one step (PyTorch's viewer)
-    # --nproc N: every rank's peak (peak_bytes is their maximum), the shard mode, and the time a rank
-    # spent per step in collectives (all-gather, reduce-scatter, all-reduce; they overlap compute on CUDA)
-    rank_peak_bytes: tuple[int, ...] | None = None
-    world_size: int = 1
-    shard: str = "none"
-    collective_ms: float | None = None
-    rank_errors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class OffloadProfile:
-    """accelerate's device map under a GPU budget: planned on the meta device, measured on a GPU."""
-
-    budget_bytes: int
-    plan_gpu_bytes: int
-    plan_cpu_bytes: int
-    plan_disk_bytes: int
-    gpu_bytes: int | None = None  # measured (GPU runs only)
-    cpu_bytes: int | None = None
-    disk_bytes: int | None = None
-    median_ms: float | None = None
-    iqr_ms: float | None = None
-    slowdown: float | None = None  # offloaded forward time / on-GPU forward time
-    peak_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class SettingProfile:
-    setting: str
-    error: str | None = None
-    failed_phase: str | None = None
-    load: LoadProfile | None = None
-    forward: ForwardProfile | None = None
-    train: TrainProfile | None = None
-    offload: OffloadProfile | None = None
-    generate: GenerateProfile | None = None
-
-
-@dataclass(frozen=True)
-class ProfileReport:
-    model: str
-    device: str
-    env: dict
-    batch: int
-    seq: int
-    repeats: int
-    warmup: int
-    train: str
-    settings: tuple[SettingProfile, ...]
-    weights: str = ""
-    lora_r: int | None = None
-    lora_alpha: float | None = None  # peft takes any positive number (--alpha 12.5)
-    target: tuple[str, ...] | str | None = None  # LoRA target_modules as resolved: names, "all-linear", None
-    # as asked: None is each setting's default (on for QLoRA settings); TrainProfile.grad_checkpointing
-    # holds what each setting's step ran with
-    grad_checkpointing: bool | None = False
-    # as asked: None is each setting's default (mixed for a 16-bit full fine-tune); TrainProfile.precision
-    # holds what each setting's step ran with
-    precision: str | None = "pure"
-    max_gpu_memory_bytes: int | None = None
-    generate: int = 0  # --generate N: new tokens per setting (0: no generate phase)
-    cache: str = "dynamic"
-    nproc: int = 1  # --nproc N: the training step in N ranks under torch.distributed
-    shard: str = "none"
-    interrupted: bool = False
-    created: str = ""
-    notes: tuple[str, ...] = ()
-    kind: str = RESULT_KIND
-    version: int = RESULT_VERSION
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ProfileReport:
-        """Rebuild a report from its JSON; ResultFileError, naming the field, for anything else."""
-        kind = data.get("kind") if isinstance(data, dict) else None
-        if kind != RESULT_KIND:
-            raise ResultFileError(f"not a memprof profile result ({_kind_text(data)})")
-        values = fields_from_json(cls, data)
-        values["settings"] = tuple(
-            _setting_from_json(s, f"settings[{i}]") for i, s in enumerate(_json_list(values["settings"], "settings"))
-        )
-        values["notes"] = tuple(values["notes"])
-        if isinstance(values.get("target"), list):
-            values["target"] = tuple(values["target"])
-        return cls(**values)
-
-    def save(self, path: Path) -> None:
-        """Write the JSON atomically: readers see the old file or the whole new one."""
-        from memprof.inventory import write_json_atomic
-
-        try:
-            write_json_atomic(Path(path), self.to_json(), indent=2)
-        except OSError as exc:
-            raise ResultFileError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-    @classmethod
-    def load(cls, path: Path) -> ProfileReport:
-        """Read a saved result; any file that is not one is a ResultFileError in one line."""
-        path = Path(path)
-        data = read_result_json(path)
-        if data.get("kind") != RESULT_KIND:
-            raise ResultFileError(
-                f"{path} is not a memprof profile result ({_kind_text(data)}); write one with `memprof profile`"
-            )
-        try:
-            return cls.from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof profile result: {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# reading saved results (profile and footprint): one reader, errors in words, never in Python's
-
-
-def read_result_json(path: Path) -> dict:
-    """The JSON object in a saved result file, or ResultFileError saying in one line why not."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ResultFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ResultFileError(f"{path} is not a memprof result: it is not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ResultFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise ResultFileError(f"{path} is not a memprof result: its JSON is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ResultFileError(
-            f"{path} is not a memprof result: it holds a JSON {_json_type(data)}, where a result is an object"
-        )
-    return data
-
-
-def load_result(path: Path):
-    """A saved `memprof profile`, `memprof footprint --json`, `memprof validate --save`, `memprof plan
-    --json` or `memprof lora-params --json` result, told apart by its "kind"."""
-    from memprof.footprint import FOOTPRINT_KIND
-    from memprof.lora import LORA_KIND, LORA_SWEEP_KIND, LoraReport, LoraSweep
-    from memprof.plan import PLAN_KIND, PlanReport
-    from memprof.serve import SERVE_KIND, ServePlan
-    from memprof.validate import VALIDATE_KIND, ValidationReport
-
-    path = Path(path)
-    data = read_result_json(path)
-    kind = data.get("kind")
-    decoded = {PLAN_KIND: ("plan", PlanReport), LORA_KIND: ("lora-params", LoraReport)}
-    decoded[LORA_SWEEP_KIND] = ("lora-params --sweep", LoraSweep)
-    decoded[COMPARE_KIND] = ("compare", ProfileComparison)
-    decoded[SERVE_KIND] = ("plan --task serve", ServePlan)
-    if kind in decoded:
-        command, cls = decoded[kind]
-        try:
-            return dataclass_from_json(cls, data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof {command} result: {exc}") from None
-    if kind == RESULT_KIND:
-        try:
-            return ProfileReport.from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof profile result: {exc}") from None
-    if kind == FOOTPRINT_KIND:
-        try:
-            return _footprint_from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof footprint result: {exc}") from None
-    if kind == VALIDATE_KIND:
-        try:
-            return ValidationReport.from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof validate result: {exc}") from None
-    raise ResultFileError(
-        f"{path} is not a memprof profile, footprint, validate, plan, lora-params or compare result "
-        f"({_kind_text(data)}); "
-        f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}"), '
-        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}"), '
-        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}"), `memprof plan --json --out` ("kind": "{PLAN_KIND}"), '
-        f'`memprof lora-params --json --out` ("kind": "{LORA_KIND}" or "{LORA_SWEEP_KIND}") '
-        f'or `memprof compare --json --out` ("kind": "{COMPARE_KIND}")'
-    )
-
-
-def _footprint_from_json(data: dict):
-    from memprof.footprint import FootprintReport, SettingFootprint
-    from memprof.measure.load import MeasuredLoad
-
-    values = fields_from_json(FootprintReport, data)
-    rows = []
-    for i, row in enumerate(_json_list(values["settings"], "settings")):
-        row = fields_from_json(SettingFootprint, row, f"settings[{i}]")
-        if row.get("measured") is not None:
-            row["measured"] = fields_from_json(MeasuredLoad, row["measured"], f"settings[{i}].measured")
-        rows.append(row)
-    values["settings"] = rows
-    try:
-        return FootprintReport.from_json(values)
-    except (TypeError, KeyError, ValueError, AttributeError):  # complete and typed above; a guard, in words
-        raise ResultFileError("its fields do not make a footprint report") from None
-
-
-def fields_from_json(cls, data: object, where: str = "") -> dict:
-    """The fields of dataclass `cls` in JSON object `data`, each present (or defaulted) and of its type.
-
-    Unknown keys are dropped, so files from newer versions still load. A missing or ill-typed field
-    is a ResultFileError that names it: "missing field 'settings[0].load.load_s'".
-    """
-    if not isinstance(data, dict):
-        raise ResultFileError(f"field '{where}' should be an object, not a JSON {_json_type(data)}")
-    values, missing = {}, []
-    for f in dataclasses.fields(cls):
-        name = f"{where}.{f.name}" if where else f.name
-        if f.name not in data:
-            if f.default is not dataclasses.MISSING:
-                values[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                values[f.name] = f.default_factory()
-            else:
-                missing.append(f"'{name}'")
-            continue
-        value = data[f.name]
-        if not _conforms(value, f.type):
-            raise ResultFileError(f"field '{name}' should be {_describe_type(f.type)}, not a JSON {_json_type(value)}")
-        values[f.name] = value
-    if missing:
-        raise ResultFileError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    return values
-
-
-def dataclass_from_json(cls, data: object, where: str = ""):
-    """Dataclass `cls` rebuilt from its `dataclasses.asdict` JSON, nested dataclasses and tuples
-    included; fields_from_json checks each level, so a bad file is a ResultFileError naming the field."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    values = fields_from_json(cls, data, where)
-    for f in dataclasses.fields(cls):
-        values[f.name] = _decode_value(hints[f.name], values[f.name], f"{where}.{f.name}" if where else f.name)
-    try:
-        return cls(**values)
-    except (TypeError, ValueError):  # fields typed above; a guard, in words
-        raise ResultFileError(f"its fields do not make a {cls.__name__}") from None
-
-
-def _decode_value(annotation, value: object, where: str):
-    import types
-    import typing
-
-    if dataclasses.is_dataclass(annotation):
-        return dataclass_from_json(annotation, value, where)
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        for arg in args:  # the alternative the JSON value is: a dataclass for an object, a tuple for a list
-            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
-                return dataclass_from_json(arg, value, where)
-            if typing.get_origin(arg) is tuple and isinstance(value, list):
-                return _decode_value(arg, value, where)
-        return value
-    if origin is tuple and isinstance(value, (list, tuple)):
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        return tuple(_decode_value(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    return value
-
-
-def _json_list(value: object, where: str) -> list:
-    if not isinstance(value, (list, tuple)):
-        raise ResultFileError(f"field '{where}' should be a list, not a JSON {_json_type(value)}")
-    return list(value)
-
-
-def _kind_text(data: object) -> str:
-    kind = data.get("kind") if isinstance(data, dict) else None
-    return 'it has no "kind"' if kind is None else f'its "kind" is {json.dumps(kind)}'
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return "object"
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """`text` split at `sep` outside brackets: 'tuple[str, ...] | None' -> ['tuple[str, ...] ', ' None']."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return [*parts, text[start:]]
-
-
-def _conforms(value: object, annotation: str) -> bool:
-    """Whether a JSON value fits a field's annotation (a string: these modules postpone annotations)."""
-    return any(_conforms_one(value, alt.strip()) for alt in _split_top(str(annotation), "|"))
-
-
-def _conforms_one(value: object, annotation: str) -> bool:
-    base, _, inner = annotation.partition("[")
-    args = [a.strip() for a in _split_top(inner[:-1], ",")] if inner else []
-    if base == "None":
-        return value is None
-    if base in ("int", "float"):
-        numbers = int if base == "int" else (int, float)
-        return isinstance(value, numbers) and not isinstance(value, bool)
-    if base == "str":
-        return isinstance(value, str)
-    if base == "bool":
-        return isinstance(value, bool)
-    if base == "dict":
-        return isinstance(value, dict) and (len(args) != 2 or all(_conforms(v, args[1]) for v in value.values()))
-    if base in ("tuple", "list"):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] == "...":
-            return all(_conforms(v, args[0]) for v in value)
-        return not args or (len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args, strict=True)))
-    return True  # a nested dataclass: its own fields_from_json checks it
-
-
-def _describe_type(annotation: str) -> str:
-    words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "dict": "an object"}
-    words |= {"tuple": "a list", "list": "a list", "None": "null"}
-    alts = [words.get(a.strip().partition("[")[0], "an object") for a in _split_top(str(annotation), "|")]
-    return " or ".join(dict.fromkeys(alts))
 
 
 def _known(cls, data: dict) -> dict:
@@ -457,42 +44,8 @@ def _known(cls, data: dict) -> dict:
     return {k: v for k, v in data.items() if k in names}
 
 
-def _setting_from_json(data: object, where: str) -> SettingProfile:
-    values = fields_from_json(SettingProfile, data, where)
-    for name, kind in (
-        ("load", LoadProfile),
-        ("forward", ForwardProfile),
-        ("offload", OffloadProfile),
-        ("generate", GenerateProfile),
-    ):
-        if values.get(name) is not None:
-            values[name] = kind(**fields_from_json(kind, values[name], f"{where}.{name}"))
-    if values.get("train") is not None:
-        train = fields_from_json(TrainProfile, values["train"], f"{where}.train")
-        train["notes"] = tuple(train["notes"])
-        train["rank_errors"] = tuple(train["rank_errors"])
-        if train.get("rank_peak_bytes") is not None:
-            train["rank_peak_bytes"] = tuple(train["rank_peak_bytes"])
-        values["train"] = TrainProfile(**train)
-    return SettingProfile(**values)
-
-
 # ---------------------------------------------------------------------------------------------
 # sizes and budgets
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_bytes(text: str) -> int:
-    """'15GiB' -> 15 * 2**30; '16GB' -> 16 * 10**9; '1024' -> 1024 bytes."""
-    match = _SIZE.match(str(text))
-    if not match:
-        raise ProfileOptionError(f"cannot read {text!r} as a size; write e.g. 15GiB, 16000MiB or 16GB")
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    binary = "i" in unit
-    scale = 2 ** (10 * "kmgt".index(unit[0]) + 10) if binary else _UNITS[unit.rstrip("b") or "b"]
-    return int(number * scale)
 
 
 def gpu_budget(gpu: str) -> tuple[str, int]:
@@ -500,11 +53,6 @@ def gpu_budget(gpu: str) -> tuple[str, int]:
     hint = "or give a budget with --max-gpu-memory, e.g. 15GiB"
     card = catalog.lookup_gpu(gpu, error=ProfileOptionError, hint=hint)
     return card.name, card.memory_bytes
-
-
-def catalog_gpu_for(device_name: str | None) -> catalog.Gpu | None:
-    """The catalog card a CUDA device name is ('NVIDIA H100 80GB HBM3' -> H100 80GB), or None."""
-    return catalog.gpu_for_device_name(device_name)
 
 
 def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, cpu_bytes: int | None = None) -> dict:
@@ -530,7 +78,7 @@ def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, c
             module, _, leaf = name.rpartition(".")
             if not (module in quantized and leaf == "weight"):
                 special[name] = getattr(torch, setting.dtype)
-    cpu = cpu_bytes if cpu_bytes is not None else _host_memory_bytes()
+    cpu = cpu_bytes if cpu_bytes is not None else host_memory_bytes()
     # accelerate warns that GPU 0 does not exist when planning on a machine without one; the plan is still right
     accelerate_log = logging.getLogger("accelerate.utils.modeling")
     level = accelerate_log.level
@@ -558,10 +106,6 @@ def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, c
     }
 
 
-def _host_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 # ---------------------------------------------------------------------------------------------
 # environment
 
@@ -575,8 +119,8 @@ def _version(dist: str) -> str | None:
 
 def environment(device: str, *, command: str | None = None) -> dict:
     """Versions, machine and GPU (from NVML) for a result file."""
-    from memprof import __version__
     from memprof.measure.nvml import gpu_info
+    from memprof.version import __version__
 
     env = {
         "memprof": __version__,
@@ -982,7 +526,7 @@ def _row(name: str, raw: dict, plan: dict | None, env: dict) -> SettingProfile:
         values["rank_errors"] = tuple(values.get("rank_errors", ()))
         if values.get("rank_peak_bytes") is not None:
             values["rank_peak_bytes"] = tuple(values["rank_peak_bytes"])
-        card = catalog_gpu_for(env.get("gpu_name") or env.get("worker_gpu_name"))
+        card = catalog.gpu_for_device_name(env.get("gpu_name") or env.get("worker_gpu_name"))
         if card is not None:
             values["peak_fraction"] = values["tflops"] / card.bf16_dense_tflops
         train = TrainProfile(**values)
@@ -1002,113 +546,3 @@ def _row(name: str, raw: dict, plan: dict | None, env: dict) -> SettingProfile:
         offload=offload,
         generate=generate,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# compare
-
-
-@dataclass(frozen=True)
-class ComparisonRow:
-    setting: str
-    metric: str  # a field path like "train.median_ms"
-    a: float | None
-    b: float | None
-    ratio: float | None  # b / a
-    # a timing (median, and the tokens/s and FLOP/s made from it) whose medians differ by no more than
-    # the two runs' IQRs added: run-to-run spread, not a speed-up or slow-down
-    within_noise: bool = False
-
-
-@dataclass(frozen=True)
-class ProfileComparison:
-    a_title: str
-    b_title: str
-    rows: tuple[ComparisonRow, ...]
-    notes: tuple[str, ...] = ()
-    # setting -> (A's, B's) training-step timeline JSON, for the settings both runs tracked (CPU runs)
-    timelines: dict[str, tuple[dict, dict]] = dataclasses.field(default_factory=dict)
-    kind: str = COMPARE_KIND
-
-
-COMPARED_METRICS = (
-    "load.load_s",
-    "load.true_bytes",
-    "load.peak_bytes",
-    "forward.median_ms",
-    "forward.tokens_per_s",
-    "forward.peak_bytes",
-    "train.median_ms",
-    "train.tokens_per_s",
-    "train.tflops",
-    "train.peak_bytes",
-)
-
-
-def _metric(row: SettingProfile, path: str) -> float | None:
-    phase, name = path.split(".")
-    part = getattr(row, phase)
-    return None if part is None else getattr(part, name)
-
-
-def _describe(report: ProfileReport) -> str:
-    where = report.env.get("gpu_name") or report.env.get("cpu") or report.device
-    return f"{report.model} on {report.device} ({where}), batch {report.batch} x seq {report.seq}, {report.created}"
-
-
-def _within_noise(a, b) -> bool:
-    """Whether two timed phases' medians differ by no more than their IQRs added: a difference the
-    runs' own spread explains (tokens/s and FLOP/s are the median's reciprocal, so they share it)."""
-    if getattr(a, "iqr_ms", None) is None or getattr(b, "iqr_ms", None) is None:  # load: one timing, no IQR
-        return False
-    return abs(b.median_ms - a.median_ms) <= a.iqr_ms + b.iqr_ms
-
-
-def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
-    """The settings both runs measured, metric by metric, with B / A ratios."""
-    b_rows = {r.setting: r for r in b.settings}
-    rows = []
-    for ra in a.settings:
-        rb = b_rows.get(ra.setting)
-        if rb is None:
-            continue
-        for metric in COMPARED_METRICS:
-            va, vb = _metric(ra, metric), _metric(rb, metric)
-            ratio = vb / va if va and vb is not None else None
-            noise = ratio is not None and _within_noise(
-                getattr(ra, metric.split(".")[0]), getattr(rb, metric.split(".")[0])
-            )
-            timed = metric.split(".")[1] in ("median_ms", "tokens_per_s", "tflops")
-            rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio, within_noise=timed and noise))
-    notes = []
-    only = sorted({r.setting for r in a.settings} ^ set(b_rows))
-    if only:
-        notes.append(f"in one run only: {', '.join(only)}")
-    for field_name in ("model", "device", "batch", "seq", "train"):
-        if getattr(a, field_name) != getattr(b, field_name):
-            notes.append(f"{field_name} differs: {getattr(a, field_name)} vs {getattr(b, field_name)}")
-    timelines = {
-        ra.setting: (ra.train.timeline, b_rows[ra.setting].train.timeline)
-        for ra in a.settings
-        if ra.setting in b_rows
-        and ra.train is not None
-        and ra.train.timeline
-        and b_rows[ra.setting].train is not None
-        and b_rows[ra.setting].train.timeline
-    }
-    return ProfileComparison(_describe(a), _describe(b), tuple(rows), tuple(notes), timelines)
-
-
-__all__ = [
-    "ComparisonRow",
-    "ProfileComparison",
-    "compare_reports",
-    "ForwardProfile",
-    "LoadProfile",
-    "OffloadProfile",
-    "ProfileReport",
-    "SettingProfile",
-    "TrainProfile",
-    "offload_plan",
-    "profile",
-]

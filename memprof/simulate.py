@@ -63,7 +63,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 
-from memprof.inventory import cache_dir, config_key, write_json_atomic
+from memprof.inventory import config_key
+from memprof.io import cache_dir, write_json_atomic
 from memprof.settings import get_setting
 from memprof.step import autocast as step_autocast
 from memprof.step import make_optimizer as step_optimizer
@@ -95,7 +96,7 @@ class StepSpec:
     optimizer: str = "adamw"
     lora_r: int = 8
     lora_alpha: float = 16
-    # LoraConfig target_modules as memprof.lora.peft_target_modules resolves it: names, "all-linear",
+    # LoraConfig target_modules as memprof.lora.options.peft_target_modules resolves it: names, "all-linear",
     # or None for peft's default
     target: tuple[str, ...] | str | None = None
     grad_checkpointing: bool = False
@@ -848,10 +849,6 @@ class StepSimulator:
 # extrapolation and fit
 
 
-def _affine(v1: int, v2: int, step: int, target: int) -> int:
-    return v1 + (v2 - v1) * target // step
-
-
 def extrapolate(a: Simulation, b: Simulation, layers: int) -> Simulation:
     """Exactly affine extrapolation in layer count from simulations at a.layers and b.layers."""
     step = b.layers - a.layers
@@ -1088,9 +1085,9 @@ def _peak_error(fitted: Simulation, direct: Simulation) -> int:
 def _versions() -> dict:
     """What a cached simulation depends on besides config and spec: memprof's own code (its version)
     and every library whose modules the step runs (bitsandbytes: the quantized settings' layers)."""
-    import memprof  # at call time: the package is loaded by then, and its __init__ imports this module
+    from memprof import version  # at call time, so a test can change the version
 
-    out = {"format": SIM_FORMAT, "memprof": memprof.__version__}
+    out = {"format": SIM_FORMAT, "memprof": version.__version__}
     for dist in ("torch", "transformers", "peft", "bitsandbytes"):
         try:
             out[dist] = metadata.version(dist)

@@ -1,7 +1,7 @@
 """The training step memprof measures (profile) and simulates (plan): one definition for both.
 
 LoRA defaults follow `memprof lora-params`: r=8, alpha=2*r, dropout 0, and target names resolved
-and validated by memprof.lora (names, `attention`, `mlp`, `all-linear`, or peft's default).
+and validated by memprof.lora.options (names, `attention`, `mlp`, `all-linear`, or peft's default).
 Everything here imports torch/peft lazily, inside the functions.
 """
 
@@ -176,7 +176,7 @@ def train_step(model, optimizer, ids, *, precision: str = "pure", compute_dtype:
 
 def model_parts(model, optimizer=None) -> dict[str, list]:
     """The model's tensors by kind: frozen weights, quant state, trainable params, grads, optimizer states."""
-    from memprof.measure.tensors import held_tensors
+    from memprof.tensors import held_tensors
 
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_config
 
 from memprof.cli import main
-from memprof.lora import lora_params, lora_sweep
+from memprof.lora_params import lora_params, lora_sweep
 
 
 def one_line_error(capsys, command: str) -> str:
@@ -357,7 +357,7 @@ def test_an_unknown_command_is_one_line(capsys):
 
 
 def _float_alpha_report(created: str):
-    from memprof.profile import ProfileReport, SettingProfile
+    from memprof.results.profile import ProfileReport, SettingProfile
 
     return ProfileReport(
         model="m", device="cpu", env={}, batch=1, seq=8, repeats=1, warmup=0, train="lora",
@@ -367,7 +367,7 @@ def _float_alpha_report(created: str):
 
 
 def test_a_float_alpha_result_round_trips_through_report_and_compare(tmp_path, capsys):
-    from memprof.profile import ProfileReport
+    from memprof.results.profile import ProfileReport
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     _float_alpha_report("t1").save(a)
@@ -587,7 +587,7 @@ def test_profile_help_says_what_train_defaults_to(capsys):
 
 
 def _timed_report(forward_ms: float, forward_iqr: float, train_ms: float, train_iqr: float):
-    from memprof.profile import ForwardProfile, ProfileReport, SettingProfile, TrainProfile
+    from memprof.results.profile import ForwardProfile, ProfileReport, SettingProfile, TrainProfile
 
     forward = ForwardProfile(forward_ms, forward_iqr, 8_000 / forward_ms, 10**6)
     train = TrainProfile("lora", train_ms, train_iqr, 8_000 / train_ms, 10**9, 10**9 / train_ms / 1e9, 2 * 10**6,
@@ -599,7 +599,7 @@ def _timed_report(forward_ms: float, forward_iqr: float, train_ms: float, train_
 
 
 def test_compare_marks_a_forward_difference_within_the_iqrs_as_noise(tmp_path, capsys):
-    from memprof.profile import compare_reports
+    from memprof.compare import compare_reports
     from memprof.report.profile import render_compare_md
 
     # forward: 6% apart with IQRs of a quarter of the median; train: 50% apart with IQRs of 1%
@@ -621,7 +621,7 @@ def test_compare_marks_a_forward_difference_within_the_iqrs_as_noise(tmp_path, c
 
 
 def test_compare_without_noise_adds_no_note():
-    from memprof.profile import compare_reports
+    from memprof.compare import compare_reports
     from memprof.report.profile import render_compare_md
 
     a, b = _timed_report(100.0, 1.0, 100.0, 1.0), _timed_report(150.0, 1.0, 150.0, 1.0)

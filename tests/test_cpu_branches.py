@@ -77,7 +77,7 @@ def _eval_forward(model) -> None:
 def test_the_forced_avx512bf16_branch_really_repacks_without_memprofs_rule(tmp_path, cpu_has_avx512bf16):
     """The control: forced on, a plain from_pretrained load repacks on an eval forward (true bytes
     change with double quantization), and at widths that are not multiples of 32 it fails."""
-    from memprof.measure.tensors import true_bytes
+    from memprof.tensors import true_bytes
 
     cpu_has_avx512bf16(True)
     aligned = _tiny_dir(tmp_path, "llama", hidden_size=64, intermediate_size=128, head_dim=16)
@@ -100,8 +100,8 @@ def test_memprof_loads_keep_the_gpu_layout_on_every_cpu(tmp_path, cpu_has_avx512
     layout a GPU holds), at widths that are not multiples of 32, and training works after it."""
     import torch
 
-    from memprof.measure.tensors import true_bytes
     from memprof.step import make_optimizer, prepare_model, train_step
+    from memprof.tensors import true_bytes
 
     cpu_has_avx512bf16(avx512bf16)
     model = _load(_tiny_dir(tmp_path, ODD_WIDTHS), setting, via_memprof=True)

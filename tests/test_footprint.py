@@ -15,8 +15,8 @@ from memprof.cli import main
 from memprof.errors import DeviceError, SettingError
 from memprof.report.footprint import render_footprint_md
 from memprof.report.jsonout import render_json
-from memprof.report.units import human_bytes
 from memprof.settings import parse_settings
+from memprof.units import human_bytes
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -191,8 +191,8 @@ def test_random_weights_that_cannot_fit_in_memory_are_refused(tmp_path, monkeypa
 
 
 def test_saved_json_rebuilds_the_same_report(tiny_model_dir):
-    from memprof.footprint import FootprintReport
     from memprof.report.jsonout import render_json
+    from memprof.results.footprint import FootprintReport
 
     report = footprint(str(tiny_model_dir("bloom")), settings="bf16", measure=True)
     assert FootprintReport.from_json(json.loads(render_json(report))) == report

@@ -18,7 +18,9 @@ from memprof.catalog import catalog_models
 from memprof.cli import main
 from memprof.errors import UnsupportedTargetError
 from memprof.inventory import build_meta_model
-from memprof.lora import PEFT_DEFAULT_TARGETS, check_wrappable, safetensors_file_bytes
+from memprof.lora.count import check_wrappable
+from memprof.lora.options import PEFT_DEFAULT_TARGETS
+from memprof.lora_params import safetensors_file_bytes
 from memprof.models import resolve_model
 from memprof.report.lora import lora_renderables
 
@@ -292,8 +294,8 @@ def test_a_quantized_setting_shows_the_base_after_qloras_fp32_cast():
     from memprof.inventory import inventory_for
     from memprof.predict import kbit_training_cast
     from memprof.report.lora import summary_rows
-    from memprof.report.units import human_bytes
     from memprof.settings import get_setting
+    from memprof.units import human_bytes
 
     report = lora_params("meta-llama/Llama-3.1-8B", r=32, target="attention", setting="nf4-dq")
     base = report.base

@@ -20,7 +20,7 @@ def _load(path, setting: Setting):
 @pytest.mark.parametrize("setting_name", list(SETTINGS))
 @pytest.mark.parametrize("arch", list(ARCH_MODELS))
 def test_footprint_and_true_bytes_equal_real_load(arch, setting_name, tiny_model_dir):
-    from memprof.measure.tensors import true_bytes
+    from memprof.tensors import true_bytes
 
     setting = SETTINGS[setting_name]
     predicted = predict_setting(build_inventory(tiny_config(arch)), setting)
@@ -33,7 +33,7 @@ def test_footprint_and_true_bytes_equal_real_load(arch, setting_name, tiny_model
 @pytest.mark.parametrize("setting_name", ["int8", "nf4-dq"])
 def test_unquantized_dtype_override_equals_real_load(setting_name, tiny_model_dir):
     """--dtype fp16 keeps embeddings, norms and lm_head in float16 instead of bf16."""
-    from memprof.measure.tensors import true_bytes
+    from memprof.tensors import true_bytes
 
     setting = SETTINGS[setting_name].with_dtype("float16")
     predicted = predict_setting(build_inventory(tiny_config("llama")), setting)
@@ -88,8 +88,8 @@ def test_kbit_training_cast_equals_peft_prepare_model_for_kbit_training_on_a_rea
     """The QLoRA recipe casts the unquantized fp16/bf16 params to float32: the arithmetic equals peft's real cast."""
     from peft import prepare_model_for_kbit_training
 
-    from memprof.measure.tensors import true_bytes
     from memprof.predict import kbit_training_cast
+    from memprof.tensors import true_bytes
 
     setting = SETTINGS[setting_name]
     inventory = build_inventory(tiny_config(arch))

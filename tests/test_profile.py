@@ -11,9 +11,10 @@ import pytest
 from rich.console import Console
 
 from memprof.cli import main
+from memprof.compare import compare_reports
 from memprof.errors import DeviceError, ProfileOptionError, ResultFileError, SettingError, UnknownModelError
 from memprof.footprint import footprint
-from memprof.profile import ProfileReport, compare_reports, offload_plan, parse_bytes, profile
+from memprof.profile import offload_plan, parse_bytes, profile
 from memprof.report.jsonout import render_json
 from memprof.report.profile import (
     compare_renderables,
@@ -23,6 +24,7 @@ from memprof.report.profile import (
     render_profile_html,
     render_profile_md,
 )
+from memprof.results.profile import ProfileReport
 
 TINY_CONFIGS = {
     "llama": {
@@ -344,7 +346,7 @@ def test_flop_count_of_a_linear_is_2_m_k_n():
 
 
 def test_report_dataclasses_round_trip_without_optional_phases():
-    from memprof.profile import SettingProfile
+    from memprof.results.profile import SettingProfile
 
     report = ProfileReport(
         model="m", device="cpu", env={}, batch=1, seq=2, repeats=1, warmup=0, train="none",
@@ -360,7 +362,7 @@ def test_report_dataclasses_round_trip_without_optional_phases():
 
 def _synthetic_report(device: str = "cpu", *, error: str | None = None, failed_phase: str | None = None):
     """A report with large numbers (8B-model sizes), measured on `device`; the nf4 row failed if `error`."""
-    from memprof.profile import ForwardProfile, LoadProfile, SettingProfile, TrainProfile
+    from memprof.results.profile import ForwardProfile, LoadProfile, SettingProfile, TrainProfile
 
     gpu = device == "cuda"
     peaks = dict(reserved_peak_bytes=133_456_789_012, device_peak_bytes=143_456_789_012) if gpu else {}
@@ -495,7 +497,7 @@ def test_profile_exit_code_is_0_only_when_every_setting_ran(model_dirs, tmp_path
 
 
 def test_a_setting_that_died_before_its_first_phase_shows_the_reason_in_the_load_table():
-    from memprof.profile import SettingProfile
+    from memprof.results.profile import SettingProfile
 
     row = SettingProfile("nf4", error="timed out after 5 s during start-up", failed_phase="start-up")
     report = dataclasses.replace(_synthetic_report(), settings=(row,))

@@ -9,7 +9,7 @@ import pytest
 
 from memprof.cli import main
 from memprof.kvcache import kv_layout
-from memprof.profile import ProfileReport
+from memprof.results.profile import ProfileReport
 
 
 def _run(argv, capsys) -> tuple[int, str, str]:

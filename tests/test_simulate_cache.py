@@ -26,7 +26,7 @@ def test_a_library_upgrade_changes_the_simulation_cache_key(dist, monkeypatch):
 
 def test_a_memprof_upgrade_changes_the_simulation_cache_key(monkeypatch):
     before = _key()
-    monkeypatch.setattr(memprof, "__version__", memprof.__version__ + ".post1")
+    monkeypatch.setattr(memprof.version, "__version__", memprof.version.__version__ + ".post1")
     assert _key() != before
 
 

@@ -32,7 +32,7 @@ from memprof.report.timeline import (  # noqa: E402
     timeline_sparklines,
     timeline_svg,
 )
-from memprof.report.units import human_bytes  # noqa: E402
+from memprof.units import human_bytes  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -15,7 +15,8 @@ from memprof.cli import main
 from memprof.errors import DeviceError, ValidateOptionError
 from memprof.report.jsonout import render_json
 from memprof.report.validate import render_validate_html, render_validate_md, validate_renderables
-from memprof.validate import ValidationReport, ValidationRow, parse_seqs, parse_tasks, validate
+from memprof.results.validate import ValidationReport, ValidationRow
+from memprof.validate import parse_seqs, parse_tasks, validate
 
 SEQS = (16, 32)
 TASKS = ("infer", "lora", "qlora")

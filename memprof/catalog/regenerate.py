@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from memprof.catalog import SIMULATIONS_DIR, catalog_models
-from memprof.inventory import build_inventory, shipped_inventory_path, write_json_atomic
+from memprof.inventory import build_inventory, shipped_inventory_path
+from memprof.io import write_json_atomic
 
 
 def regenerate_inventories() -> list[str]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from memprof.errors import MemprofError, OptionError
+from memprof.io import write_text_atomic
 from memprof.report import FORMATS
 from memprof.report.jsonout import render_json
 
@@ -112,20 +112,9 @@ def write_atomic(path: Path, text: str) -> None:
     if not path.parent.is_dir():
         raise MemprofError(f"cannot write {path}: directory {path.parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        write_text_atomic(path, text)
     except OSError as exc:
         raise MemprofError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise MemprofError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def emit(
@@ -159,9 +148,3 @@ def emit(
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -20,8 +20,9 @@ class CompareCommand:
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from memprof.profile import ProfileReport, compare_reports
+        from memprof.compare import compare_reports
         from memprof.report.profile import compare_renderables, render_compare_html, render_compare_md
+        from memprof.results.profile import ProfileReport
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         comparison = compare_reports(ProfileReport.load(args.a), ProfileReport.load(args.b))

@@ -13,7 +13,8 @@ import argparse
 from rich.console import Console
 
 from memprof.commands._common import add_model_args, add_output_args, emit, output_format
-from memprof.lora import BIAS_MODES, lora_params, lora_sweep, parse_alpha, parse_dropout, parse_rank
+from memprof.lora.options import BIAS_MODES, parse_alpha, parse_dropout, parse_rank
+from memprof.lora_params import lora_params, lora_sweep
 from memprof.report.lora import lora_renderables, render_lora_html, render_lora_md
 from memprof.settings import SETTINGS
 
@@ -24,7 +25,7 @@ class LoraParamsCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_model_args(parser)
-        # Numbers are taken as text and checked by memprof.lora, so a bad value is one line, not argparse's usage.
+        # Numbers are taken as text and checked by memprof.lora.options, so a bad value is one line, not argparse's usage.
         parser.add_argument("--r", metavar="R", default="8", help="LoRA rank (default 8)")
         parser.add_argument("--alpha", metavar="ALPHA", help="lora_alpha (default 2*r)")
         parser.add_argument("--dropout", metavar="P", help="lora_dropout (default 0.0; changes no count)")

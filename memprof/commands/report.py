@@ -26,12 +26,13 @@ class ReportCommand:
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from memprof.footprint import FootprintReport
-        from memprof.lora import LoraReport, LoraSweep
-        from memprof.plan import PlanReport
-        from memprof.profile import ProfileComparison, load_result
-        from memprof.serve import ServePlan
-        from memprof.validate import ValidationReport
+        from memprof.results import load_result
+        from memprof.results.footprint import FootprintReport
+        from memprof.results.lora import LoraReport, LoraSweep
+        from memprof.results.plan import PlanReport
+        from memprof.results.profile import ProfileComparison
+        from memprof.results.serve import ServePlan
+        from memprof.results.validate import ValidationReport
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         report = load_result(args.file)  # any kind, or one line saying what is wrong with the file

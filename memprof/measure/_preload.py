@@ -22,5 +22,5 @@ if import_bitsandbytes_without_cuda():  # peft imports bitsandbytes: only once t
         import peft  # noqa: F401
 
 import memprof.measure.profile_worker  # noqa: E402,F401
-import memprof.measure.tensors  # noqa: E402,F401
 import memprof.measure.worker  # noqa: E402,F401
+import memprof.tensors  # noqa: E402,F401

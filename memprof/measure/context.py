@@ -101,10 +101,10 @@ def measure_cuda_context(index: int = 0) -> CudaContext:
         total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
     finally:
         pynvml.nvmlShutdown()
-    from memprof.profile import catalog_gpu_for  # after the readings: nothing imported may touch CUDA first
+    from memprof.catalog import gpu_for_device_name  # after the readings: nothing imported may touch CUDA first
 
     name = torch.cuda.get_device_name(device)
-    card = catalog_gpu_for(name)
+    card = gpu_for_device_name(name)
     return CudaContext(
         device_name=name,
         driver=driver,

@@ -25,9 +25,6 @@ from pathlib import Path
 
 from memprof.measure.flops import count_flops  # the one FLOP table, shared with plan's simulation
 
-PHASES = ("load", "forward", "train", "offload")
-
-
 # ---------------------------------------------------------------------------------------------
 # parent side
 
@@ -138,12 +135,12 @@ def profile_setting(request: dict, out: _Out) -> None:
     from transformers.utils import logging as hf_logging
 
     from memprof.measure.nvml import NvmlPeakSampler
-    from memprof.measure.tensors import true_bytes
     from memprof.measure.timing import time_calls
     from memprof.measure.tracker import LiveBytesTracker
     from memprof.measure.worker import load_pretrained
     from memprof.settings import Setting, bnb_config
     from memprof.step import autocast, weights_dtype
+    from memprof.tensors import true_bytes
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -423,7 +420,7 @@ def _snapshot(step, path: str) -> str:
 
 def _placement_bytes(model) -> dict[str, int]:
     """Bytes of the model's tensors by where they live: gpu, cpu, or disk (meta tensors with offload hooks)."""
-    from memprof.measure.tensors import held_tensors
+    from memprof.tensors import held_tensors
 
     totals = {"gpu_bytes": 0, "cpu_bytes": 0, "disk_bytes": 0}
     seen = set()
@@ -453,7 +450,7 @@ def _offload(request: dict, setting, load, ids, forward_ms: float, sampler) -> d
         model = load(
             "auto",
             qconfig,
-            max_memory={0: budget, "cpu": request.get("max_cpu_memory_bytes") or "1000GiB"},
+            max_memory={0: budget, "cpu": "1000GiB"},
             offload_folder=folder,
         )
         model.eval()

@@ -64,8 +64,8 @@ def load(request: dict) -> dict:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from memprof.measure.tensors import true_bytes
     from memprof.settings import Setting, bnb_config
+    from memprof.tensors import true_bytes
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -12,7 +12,7 @@ from memprof.catalog import CatalogModel, Gpu
 from memprof.measure.context import CudaContext
 from memprof.report.common import md_table, render_html
 from memprof.report.plan import significant
-from memprof.report.units import gib, human_bytes
+from memprof.units import gib, human_bytes
 
 MODELS_HEAD = ["hub id", "aliases", "parameters"]
 

@@ -6,9 +6,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.footprint import FootprintReport, SettingFootprint
 from memprof.report.common import md_table, render_html, render_text
-from memprof.report.units import count, human_bytes, percent
+from memprof.results.footprint import FootprintReport, SettingFootprint
+from memprof.units import count, human_bytes, percent
 
 
 def _measured_cell(row: SettingFootprint, field: str) -> str:

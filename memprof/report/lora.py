@@ -6,9 +6,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.lora import LoraReport, LoraSweep, ModuleParams
-from memprof.report.common import md_table, render_html, render_text
-from memprof.report.units import count, human_bytes
+from memprof.report.common import md_table, render_html
+from memprof.results.lora import LoraReport, LoraSweep, ModuleParams
+from memprof.units import count, human_bytes
 
 KIND_SUFFIX = {"lora": "", "modules_to_save": " (full copy)", "bias": "", "other": ""}
 
@@ -242,10 +242,6 @@ def lora_renderables(result: LoraReport | LoraSweep) -> Group:
             *[Text(f"• {note}", style="dim") for note in _notes(first)],
         )
     return _report_renderables(result)
-
-
-def render_lora_table(result: LoraReport | LoraSweep, *, width: int = 100, color: bool = False) -> str:
-    return render_text(lora_renderables(result), width=width, color=color)
 
 
 def render_lora_html(result: LoraReport | LoraSweep) -> str:

@@ -10,9 +10,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.plan import Breakdown, GpuPlan, PlanReport
 from memprof.report.common import md_table, with_charts
-from memprof.report.units import count, gib
+from memprof.results.plan import Breakdown, GpuPlan, PlanReport
+from memprof.units import count, gib
 
 # (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
 BAR_PARTS = (
@@ -27,7 +27,6 @@ BAR_PARTS = (
     ("gathered_layers_bytes", "gathered", "bright_blue", "%"),
 )
 BAR_WIDTH = 72
-VERDICT = {"fits": "fits", "tight": "tight", "offload": "offload", "no": "no"}
 # Short headers (units in the header, explanations in the notes) so the table fits 100 columns; the
 # terminal table breaks them in two lines, Markdown keeps one.
 _TABLE_HEAD = (
@@ -106,7 +105,7 @@ def _cells(g: GpuPlan, cost_digits: int = SIGNIFICANT, *, auto: bool = False) ->
         *([f"{g.num_gpus}" if g.fits else f">{g.num_gpus}"] if auto else []),
         _gib(g.memory_bytes),
         _gib(g.required_bytes),
-        VERDICT[g.verdict],
+        g.verdict,
         _gib(g.headroom_bytes),
         f"{g.max_batch:,}" if g.max_batch else "—",
         seq,

@@ -8,9 +8,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.profile import ProfileComparison, ProfileReport, SettingProfile
-from memprof.report.common import md_table, render_html, render_text, with_charts
-from memprof.report.units import human_bytes, percent
+from memprof.report.common import md_table, render_html, with_charts
+from memprof.results.profile import ProfileComparison, ProfileReport, SettingProfile
+from memprof.units import human_bytes, percent
 
 # one glyph and one colour per kind, so the bar reads without colour too (piped, --format md)
 BREAKDOWN_STYLES = {
@@ -382,10 +382,6 @@ def _notes(report: ProfileReport) -> list[str]:
             notes += [f"{r.setting}: {n}" for n in r.train.notes[-1:]]
             break
     return notes
-
-
-def render_profile_text(report: ProfileReport, *, width: int = 140) -> str:
-    return render_text(profile_renderables(report), width=width)
 
 
 def render_profile_html(report: ProfileReport) -> str:

@@ -8,8 +8,8 @@ from rich.table import Table
 from rich.text import Text
 
 from memprof.report.common import md_table, render_html
-from memprof.report.units import count, gib, human_bytes
-from memprof.serve import ServeGpu, ServePlan
+from memprof.results.serve import ServeGpu, ServePlan
+from memprof.units import count, gib, human_bytes
 
 _HEAD = (
     "GPU",

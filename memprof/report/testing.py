@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from memprof.report.common import render_text
-from memprof.report.units import human_bytes
+from memprof.units import human_bytes
 
 
 def render_limit_exceeded(failed) -> str:

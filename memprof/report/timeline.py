@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape, quoteattr
 from rich.text import Text
 
 from memprof.measure.timeline import Timeline, TimelinePhase
-from memprof.report.units import human_bytes
+from memprof.units import human_bytes
 
 # Persistent state at the bottom, what comes and goes on top; unknown kinds between, in their order.
 KIND_ORDER = (

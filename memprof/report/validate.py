@@ -8,9 +8,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from memprof.report.common import md_table, render_html, render_text, with_charts
+from memprof.report.common import md_table, render_html, with_charts
 from memprof.report.plan import significant
-from memprof.validate import ValidationReport, ValidationRow
+from memprof.results.validate import ValidationReport, ValidationRow
 
 # (header, CPU only): sizes in one unit per report, named in the headers; the terminal breaks headers at \n
 COLUMNS = (
@@ -153,10 +153,6 @@ def validate_renderables(report: ValidationReport) -> Group:
     parts += [Text(""), Text(summary(report), style="bold"), Text("")]
     parts += [Text(f"• {note}", style="dim") for note in _notes(report)]
     return Group(*parts)
-
-
-def render_validate_text(report: ValidationReport, *, width: int = 140) -> str:
-    return render_text(validate_renderables(report), width=width)
 
 
 def render_validate_html(report: ValidationReport) -> str:
