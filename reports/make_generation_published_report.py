@@ -37,7 +37,9 @@ PUBLISHED = (
 def main() -> None:
     rows = []
     for run, batch, new_tokens, setting, published_mb in PUBLISHED:
-        report = plan(str(CONFIG), task="infer", setting=setting, batch=batch, seq=512, new_tokens=new_tokens, gpus=(GPU,))
+        report = plan(
+            str(CONFIG), task="infer", setting=setting, batch=batch, seq=512, new_tokens=new_tokens, gpus=(GPU,)
+        )
         gpu = report.gpus[0]
         predicted_mb = gpu.required_bytes / 1e6
         rows.append(
@@ -52,14 +54,18 @@ def main() -> None:
                 # generate held the previous step's tuple until the forward returned: two whole caches
                 # at once. Shown beside memprof's figure, not folded into it (memprof simulates
                 # transformers 5's DynamicCache, which grows one layer at a time).
-                "with_second_cache_mb": round(predicted_mb + (report.breakdown.kv_cache_bytes / 1e6 if new_tokens > 1 else 0), 2),
+                "with_second_cache_mb": round(
+                    predicted_mb + (report.breakdown.kv_cache_bytes / 1e6 if new_tokens > 1 else 0), 2
+                ),
                 "weights_bytes": report.breakdown.weights_bytes,
                 "kv_cache_bytes": report.breakdown.kv_cache_bytes,
                 "peak_phase": report.breakdown.peak_phase,
                 "context_bytes": gpu.context_bytes,
             }
         )
-        rows[-1]["second_cache_error_pct"] = round(100 * (rows[-1]["with_second_cache_mb"] - published_mb) / published_mb, 2)
+        rows[-1]["second_cache_error_pct"] = round(
+            100 * (rows[-1]["with_second_cache_mb"] - published_mb) / published_mb, 2
+        )
         print(rows[-1])
     write_atomic(HERE / "generation-published.json", json.dumps({"gpu": GPU, "rows": rows}, indent=2) + "\n")
     lines = [

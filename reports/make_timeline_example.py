@@ -27,7 +27,7 @@ def main() -> None:
     from memprof.measure.timeline import timeline_from_tracker
     from memprof.measure.tracker import LiveBytesTracker
     from memprof.report.timeline import timeline_page, timeline_sparklines, timeline_svg
-    from memprof.step import make_optimizer, model_parts
+    from memprof.step import make_optimizer, model_parts, train_step
 
     config = dict(find_catalog_model("openai-community/gpt2").config())
     hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
@@ -42,15 +42,7 @@ def main() -> None:
             tracker.track(*model_parts(model, optimizer).values(), ids)
             step_start = tracker.last_event
             before = tracker.claims({**model_parts(model, optimizer), "inputs": [ids]})  # last step's grads
-            with tracker.phase("zero_grad"):
-                optimizer.zero_grad(set_to_none=True)
-            with tracker.phase("forward"):
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            with tracker.phase("backward"):
-                loss.backward()
-            with tracker.phase("optimizer"):
-                optimizer.step()
-            del loss
+            train_step(model, optimizer, ids, phase=tracker.phase)  # memprof's step, its phases tracked
     categories = {**model_parts(model, optimizer), "inputs": [ids]}
     timeline = timeline_from_tracker(
         tracker, categories, other="activations_temporaries", earlier=[before], start_event=step_start

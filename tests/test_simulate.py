@@ -3,10 +3,8 @@ and a (batch, seq) fit that agrees with direct simulation where it was not fitte
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, worker_request
 
 from memprof.settings import SETTINGS
 from memprof.simulate import (
@@ -61,20 +59,7 @@ def _profile_in_process(tiny_model_dir, arch: str, setting: str, train: str, tmp
     from memprof.measure.profile_worker import _Out, profile_setting
 
     out = _Out(tmp_path / "result.json", send=lambda phase: None)
-    request = {
-        "weights_dir": str(tiny_model_dir(arch)),
-        "setting": dataclasses.asdict(SETTINGS[setting]),
-        "device": "cpu",
-        "batch": BATCH,
-        "seq": SEQ,
-        "repeats": 1,
-        "warmup": 1,
-        "train": train,
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "target": None,
-        "grad_checkpointing": False,
-    }
+    request = worker_request(tiny_model_dir(arch), setting=setting, train=train, batch=BATCH, seq=SEQ)
     profile_setting(request, out)
     return out.data
 

@@ -162,7 +162,7 @@ def real_step():
     freed in its zero_grad, the optimizer states exist), the phases as `train_step` runs them."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from memprof.step import make_optimizer, model_parts
+    from memprof.step import make_optimizer, model_parts, train_step
 
     config = tiny_config("llama")
     hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
@@ -176,15 +176,7 @@ def real_step():
             tracker.track(*model_parts(model, optimizer).values(), ids)
             first_step_event = tracker.last_event
             before = tracker.claims({**model_parts(model, optimizer), "inputs": [ids]})  # last step's grads
-            with tracker.phase("zero_grad"):
-                optimizer.zero_grad(set_to_none=True)
-            with tracker.phase("forward"):
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            with tracker.phase("backward"):
-                loss.backward()
-            with tracker.phase("optimizer"):
-                optimizer.step()
-            del loss
+            train_step(model, optimizer, ids, precision="pure", phase=tracker.phase)
     categories = {**model_parts(model, optimizer), "inputs": [ids]}
     return tracker, categories, first_step_event, before
 
