@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import logging as _logging
 
+from memprof.analyses.footprint import footprint
+from memprof.analyses.lora_params import lora_params, lora_sweep
+from memprof.analyses.plan import plan
+from memprof.analyses.validate import validate
 from memprof.errors import MemprofError
-from memprof.footprint import footprint
 from memprof.inventory import Inventory, inventory_for
-from memprof.lora_params import lora_params, lora_sweep
 from memprof.models import ResolvedModel, resolve_model
-from memprof.plan import plan
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.results.footprint import FootprintReport, SettingFootprint
 from memprof.results.lora import LoraReport, LoraSweep
 from memprof.results.plan import PlanReport
 from memprof.results.validate import ValidationReport, ValidationRow
 from memprof.settings import SETTINGS, Setting, parse_settings
-from memprof.validate import validate
 from memprof.version import __version__
 
 # On AVX512-BF16 CPUs, importing bitsandbytes 0.50 logs a warning that the optional package

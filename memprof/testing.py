@@ -67,7 +67,7 @@ class MemoryLimitExceeded:
 
 def parse_limit(limit: object) -> int:
     """'24 GiB', '512MiB', '16GB' or a number of bytes -> bytes; anything else is a MemoryLimitError."""
-    from memprof.profile import parse_bytes
+    from memprof.analyses.profile import parse_bytes
 
     if isinstance(limit, bool) or not isinstance(limit, (int, str)):
         raise MemoryLimitError(f"limit {limit!r} is not a size; write e.g. '24 GiB', '512 MiB' or a number of bytes")
@@ -208,7 +208,7 @@ def assert_fits(gpu: str, model: str | None = None, **plan_options):
 
     `plan_options` are memprof.plan's keywords: task, setting, batch, seq, lora_r, target, ...
     """
-    from memprof.plan import plan
+    from memprof.analyses.plan import plan
 
     report = plan(model, gpus=(gpu,), **plan_options)
     row = report.gpus[0]

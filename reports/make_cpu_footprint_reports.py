@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from memprof.analyses.footprint import footprint
 from memprof.commands._common import write_atomic
-from memprof.footprint import footprint
 from memprof.report.footprint import render_footprint_md
 from memprof.report.jsonout import render_json
 

@@ -17,8 +17,8 @@ import datetime
 import json
 from pathlib import Path
 
+from memprof.analyses.plan import plan
 from memprof.commands._common import write_atomic
-from memprof.plan import plan
 
 HERE = Path(__file__).parent
 CONFIG = HERE / "configs" / "llama-2-13b-chat-hf.json"  # the published config.json's fields

@@ -33,11 +33,11 @@ def check(argv: list[str]) -> str:
 
         parse_settings(args.settings)
     if getattr(args, "seqs", None):
-        from memprof.validate import parse_seqs
+        from memprof.analyses.validate import parse_seqs
 
         parse_seqs(args.seqs)
     if getattr(args, "max_gpu_memory", None):
-        from memprof.profile import parse_bytes
+        from memprof.analyses.profile import parse_bytes
 
         parse_bytes(args.max_gpu_memory)
     return f"memprof {args.command}: parses ({' '.join(argv[1:])})"

@@ -89,7 +89,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 
 def worker_request(weights_dir, *, setting: str = "fp32", train: str = "full", **overrides) -> dict:
-    """A measurement worker's request (what memprof.profile.profile sends a worker or the ranks), for
+    """A measurement worker's request (what memprof.analyses.profile.profile sends a worker or the ranks), for
     a tiny model's one timed step: batch 2 x 32 tokens, LoRA r=8 alpha=16 where it trains LoRA."""
     import dataclasses
 

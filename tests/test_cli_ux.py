@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import tiny_config
 
+from memprof.analyses.lora_params import lora_params, lora_sweep
 from memprof.cli import main
-from memprof.lora_params import lora_params, lora_sweep
 
 
 def one_line_error(capsys, command: str) -> str:
@@ -404,12 +404,12 @@ def test_profile_alpha_12_5_saves_a_result_report_and_compare_read(tmp_path, cap
 )  # fmt: skip
 def test_plan_and_profile_take_the_same_gpu_names(typed, card):
     from memprof import catalog
-    from memprof.plan import _select_gpus
-    from memprof.profile import gpu_budget
+    from memprof.analyses.plan.options import select_gpus
+    from memprof.analyses.profile import gpu_budget
 
     assert catalog.find_gpu(typed).name == card
     assert gpu_budget(typed)[0] == card
-    assert [g.name for g in _select_gpus((typed,), catalog.gpus())] == [card]
+    assert [g.name for g in select_gpus((typed,), catalog.gpus())] == [card]
 
 
 def test_a_gpu_name_that_means_two_cards_names_both(capsys):
@@ -444,7 +444,7 @@ def test_plan_gpu_is_an_alias_of_gpus(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def plan_with_a_new_card(tmp_path_factory):
-    from memprof.plan import plan
+    from memprof.analyses.plan import plan
 
     root = tmp_path_factory.mktemp("plan-new-card")
     gpu_file = root / "gpus.json"
@@ -486,8 +486,8 @@ def test_plan_markdown_escapes_a_pipe_in_a_cell(plan_with_a_new_card):
 
 @pytest.mark.parametrize(("settings", "count"), [("bf16,bf16,fp32", 2), ("fp32, ,nf4,", 2), (None, 5)])
 def test_profile_progress_counts_parsed_settings(settings, count, monkeypatch, tmp_path):
+    import memprof.analyses.profile
     import memprof.commands.profile as command
-    import memprof.profile
     from memprof.cli import build_parser
 
     totals = []
@@ -503,7 +503,7 @@ def test_profile_progress_counts_parsed_settings(settings, count, monkeypatch, t
 
     monkeypatch.setattr(command, "Progress", Progress)
     monkeypatch.setattr(command, "Console", Console)
-    monkeypatch.setattr(memprof.profile, "profile", lambda *a, **k: "ran")
+    monkeypatch.setattr(memprof.analyses.profile, "profile", lambda *a, **k: "ran")
     argv = ["profile", "m"] + ([] if settings is None else ["--settings", settings])
     args = build_parser().parse_args(argv)
     assert command.ProfileCommand()._profile(args, None, tmp_path / "r.json") == "ran"
@@ -599,7 +599,7 @@ def _timed_report(forward_ms: float, forward_iqr: float, train_ms: float, train_
 
 
 def test_compare_marks_a_forward_difference_within_the_iqrs_as_noise(tmp_path, capsys):
-    from memprof.compare import compare_reports
+    from memprof.analyses.compare import compare_reports
     from memprof.report.profile import render_compare_md
 
     # forward: 6% apart with IQRs of a quarter of the median; train: 50% apart with IQRs of 1%
@@ -621,7 +621,7 @@ def test_compare_marks_a_forward_difference_within_the_iqrs_as_noise(tmp_path, c
 
 
 def test_compare_without_noise_adds_no_note():
-    from memprof.compare import compare_reports
+    from memprof.analyses.compare import compare_reports
     from memprof.report.profile import render_compare_md
 
     a, b = _timed_report(100.0, 1.0, 100.0, 1.0), _timed_report(150.0, 1.0, 150.0, 1.0)

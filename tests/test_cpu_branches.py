@@ -196,8 +196,8 @@ def test_int8_inference_plan_equals_profile_whichever_int8_kernel_the_cpu_takes(
         import json, torch
         from bitsandbytes.backends.cpu import ops
         assert ops._has_avx512 == ({capability!r} == "AVX512"), "the branch was not forced"
-        from memprof.plan import plan
-        from memprof.profile import profile
+        from memprof.analyses.plan import plan
+        from memprof.analyses.profile import profile
         planned = plan({str(path)!r}, task="infer", setting="int8", batch=1, seq=16, new_tokens=0, device="cpu")
         measured = profile({str(path)!r}, settings="int8", device="cpu", batch=1, seq=16, repeats=1, warmup=0, train="none")
         bd = planned.breakdown

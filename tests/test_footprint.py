@@ -279,7 +279,7 @@ def test_a_4bit_70b_model_is_sized_by_its_true_bytes_not_get_memory_footprint():
 
 
 def test_no_card_holds_405b_so_the_count_of_the_largest_card_is_given():
-    from memprof.footprint import gpu_tiers
+    from memprof.analyses.footprint import gpu_tiers
 
     report = footprint("meta-llama/Llama-3.1-405B", settings="bf16,nf4")
     largest = max(gpu_tiers(), key=lambda g: g.usable_bytes)

@@ -133,7 +133,9 @@ def _check(name: str, argv: list[str], capsys, monkeypatch) -> None:
     monkeypatch.chdir(GOLDEN)
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setattr(
-        importlib.import_module("memprof.plan"), "host_memory_bytes", lambda: RECORDED_HOST_MEMORY_BYTES
+        importlib.import_module("memprof.analyses.plan.options"),
+        "host_memory_bytes",
+        lambda: RECORDED_HOST_MEMORY_BYTES,
     )
     capsys.readouterr()
     code = main(argv)

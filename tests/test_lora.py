@@ -14,13 +14,13 @@ from conftest import tiny_config
 from rich.console import Console
 
 from memprof import lora_params, lora_sweep
+from memprof.analyses.lora_params import safetensors_file_bytes
 from memprof.catalog import catalog_models
 from memprof.cli import main
 from memprof.errors import UnsupportedTargetError
 from memprof.inventory import build_meta_model
 from memprof.lora.count import check_wrappable
 from memprof.lora.options import PEFT_DEFAULT_TARGETS
-from memprof.lora_params import safetensors_file_bytes
 from memprof.models import resolve_model
 from memprof.report.lora import lora_renderables
 

@@ -11,12 +11,13 @@ import pytest
 from conftest import tiny_config
 from rich.console import Console
 
+from memprof.analyses.plan import plan
+from memprof.analyses.plan.notes import fit_note
 from memprof.catalog import gpus, gpus_with
 from memprof.cli import main
 from memprof.errors import GpuFileError, MemprofError, PlanOptionError
 from memprof.inventory import inventory_for
 from memprof.models import resolve_model
-from memprof.plan import _fit_note, plan
 from memprof.predict import predict_setting
 from memprof.report.plan import _title, plan_renderables, render_plan_md, significant
 from memprof.settings import SETTINGS
@@ -269,9 +270,9 @@ def test_near_tie_for_cheapest_is_decided_on_exact_cost_and_printed_apart(model_
 
 def test_fit_error_above_1_percent_of_a_card_is_called_out_with_its_size(lora_report):
     small, big = (replace(lora_report.gpus[0], name=n, memory_bytes=m) for n, m in (("Small", 2**30), ("Big", 2**40)))
-    quiet = _fit_note(1000, [small, big])
+    quiet = fit_note(1000, [small, big])
     assert "under 1% of every card" in quiet
-    loud = _fit_note(2**28, [small, big])  # 25% of Small, 0.02% of Big
+    loud = fit_note(2**28, [small, big])  # 25% of Small, 0.02% of Big
     assert "268,435,456 bytes" in loud and "25.0% of the memory of Small" in loud and "Big" not in loud
 
 
@@ -507,7 +508,7 @@ def test_mixed_precision_plan_equals_the_measured_profile_peak_on_cpu(model_dir,
     """--precision mixed is one step (memprof.step): fp32 masters, forward under bf16 autocast. plan's
     predicted train peak equals profile's measured live-tensor peak byte for byte, and it is the
     default of a bf16 full fine-tune, named in the title."""
-    from memprof.profile import profile
+    from memprof.analyses.profile import profile
     from memprof.report.profile import render_profile_md
 
     predicted = plan(model_dir, task="full", setting="bf16", batch=2, seq=16, device="cpu")

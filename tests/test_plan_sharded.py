@@ -8,9 +8,9 @@ import json
 import pytest
 from conftest import tiny_config, worker_request
 
+from memprof.analyses.plan import plan
 from memprof.errors import PlanOptionError
 from memprof.measure.distributed import run_ranks
-from memprof.plan import plan
 from memprof.simulate import StepSpec
 from memprof.simulate_sharded import simulate_sharded, simulate_sharded_cached
 

@@ -10,11 +10,11 @@ import json
 import pytest
 from rich.console import Console
 
+from memprof.analyses.compare import compare_reports
+from memprof.analyses.footprint import footprint
+from memprof.analyses.profile import offload_plan, parse_bytes, profile
 from memprof.cli import main
-from memprof.compare import compare_reports
 from memprof.errors import DeviceError, ProfileOptionError, ResultFileError, SettingError, UnknownModelError
-from memprof.footprint import footprint
-from memprof.profile import offload_plan, parse_bytes, profile
 from memprof.report.jsonout import render_json
 from memprof.report.profile import (
     compare_renderables,

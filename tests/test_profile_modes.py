@@ -111,8 +111,8 @@ def test_bad_generate_and_rank_options_are_one_line(extra, message, tiny_model_d
 
 
 def test_snapshot_file_per_setting_and_its_rules(tmp_path):
+    from memprof.analyses.profile import _check_snapshot, _snapshot_path
     from memprof.errors import ProfileOptionError
-    from memprof.profile import _check_snapshot, _snapshot_path
 
     assert _snapshot_path(tmp_path / "s.pickle", "bf16", 1) == tmp_path / "s.pickle"
     assert _snapshot_path(tmp_path / "s.pickle", "nf4", 2) == tmp_path / "s-nf4.pickle"

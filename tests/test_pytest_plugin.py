@@ -129,7 +129,7 @@ def test_fake_tensors_hold_no_memory():
 def test_planning_llama_8b_qlora_on_fake_tensors_holds_almost_no_real_memory():
     """plan simulates Llama-3.1-8B's QLoRA step (tens of GiB if real) on fake tensors: guarded by the
     marker, a change that materialised real tensors in the simulation fails here."""
-    from memprof.plan import plan
+    from memprof.analyses.plan import plan
 
     report = plan("meta-llama/Llama-3.1-8B", task="qlora", seq=256, gpus=("H100 80GB",))
     assert report.breakdown.total_bytes > 5 * 2**30

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from memprof.analyses.plan import margin_bytes
+from memprof.analyses.serve import ServeOptionError, plan_serving
 from memprof.cli import main
 from memprof.kvcache import kv_layout
-from memprof.plan import margin_bytes
-from memprof.serve import ServeOptionError, plan_serving
 
 
 @pytest.fixture(scope="module")

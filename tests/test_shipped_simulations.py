@@ -52,7 +52,7 @@ def test_a_default_plan_of_every_catalog_model_on_an_empty_cache_is_answered_wit
         "import sys, json\n"
         "from memprof.catalog import catalog_models\n"
         "from memprof.errors import MemprofError\n"
-        "from memprof.plan import plan\n"
+        "from memprof.analyses.plan import plan\n"
         "out = {}\n"
         "for e in catalog_models():\n"
         "    try:\n"
@@ -86,7 +86,7 @@ def test_a_later_plan_at_another_batch_and_seq_is_read_off_the_shipped_fit_witho
     script = (
         "import sys, json\n"
         "from memprof.simulate import simulate_model, StepSpec\n"
-        "from memprof.plan import plan\n"
+        "from memprof.analyses.plan import plan\n"
         "r = plan('llama-3.1-8b', batch=3, seq=1000)\n"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print(json.dumps([r.from_cache, bad]))\n"

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from memprof.analyses.validate import parse_seqs, parse_tasks, validate
 from memprof.cli import main
 from memprof.errors import DeviceError, ValidateOptionError
 from memprof.report.jsonout import render_json
 from memprof.report.validate import render_validate_html, render_validate_md, validate_renderables
 from memprof.results.validate import ValidationReport, ValidationRow
-from memprof.validate import parse_seqs, parse_tasks, validate
 
 SEQS = (16, 32)
 TASKS = ("infer", "lora", "qlora")
@@ -211,7 +211,7 @@ def test_seqs_and_tasks_keep_their_order_without_repeats():
 
 
 def test_one_profile_run_per_seq_measures_the_forward_and_lora_step_together():
-    from memprof.validate import _profile_groups
+    from memprof.analyses.validate import _profile_groups
 
     assert _profile_groups(("infer", "lora", "qlora")) == {"lora": ("bf16", "nf4-dq")}
     assert _profile_groups(("infer",)) == {"none": ("bf16",)}  # no training step when none is compared

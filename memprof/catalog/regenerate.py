@@ -37,7 +37,7 @@ def default_plan_simulations(hub_id: str, into: Path) -> list[Path]:
     The plan itself decides what is simulated (its default options, the seq ranges its sweeps reach),
     so the shipped entries are exactly what a user's first default plan would make.
     """
-    from memprof.plan import plan  # a build script: the shipped data is what the analysis asks for
+    from memprof.analyses.plan import plan  # a build script: the shipped data is what the analysis asks for
 
     before = os.environ.get("MEMPROF_CACHE_DIR")
     os.environ["MEMPROF_CACHE_DIR"] = str(into)

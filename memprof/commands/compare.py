@@ -20,7 +20,7 @@ class CompareCommand:
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from memprof.compare import compare_reports
+        from memprof.analyses.compare import compare_reports
         from memprof.report.profile import compare_renderables, render_compare_html, render_compare_md
         from memprof.results.profile import ProfileReport
 

@@ -11,8 +11,8 @@ import sys
 
 from rich.console import Console
 
+from memprof.analyses.footprint import footprint
 from memprof.commands._common import add_model_args, add_output_args, add_settings_arg, emit, output_format
-from memprof.footprint import footprint
 from memprof.report.footprint import footprint_renderables, render_footprint_html, render_footprint_md
 
 

@@ -12,9 +12,9 @@ import argparse
 
 from rich.console import Console
 
+from memprof.analyses.lora_params import lora_params, lora_sweep
 from memprof.commands._common import add_model_args, add_output_args, emit, output_format
 from memprof.lora.options import BIAS_MODES, parse_alpha, parse_dropout, parse_rank
-from memprof.lora_params import lora_params, lora_sweep
 from memprof.report.lora import lora_renderables, render_lora_html, render_lora_md
 from memprof.settings import SETTINGS
 

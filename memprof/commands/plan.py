@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from memprof.analyses.plan import SHARDS, plan
+from memprof.analyses.serve import DEFAULT_CONTEXT, DEFAULT_PREFILL_CHUNK, plan_serving
 from memprof.commands._common import (
     add_grad_checkpointing_arg,
     add_lora_step_args,
@@ -20,10 +22,8 @@ from memprof.commands._common import (
     output_format,
 )
 from memprof.commands.gpus import GPU_FILE_HELP
-from memprof.plan import SHARDS, plan
 from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
 from memprof.report.serve import render_serve_html, render_serve_md, serve_renderables
-from memprof.serve import DEFAULT_CONTEXT, DEFAULT_PREFILL_CHUNK, plan_serving
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
 

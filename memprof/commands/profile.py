@@ -115,7 +115,7 @@ class ProfileCommand:
         )
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
-        from memprof.profile import default_result_path, gpu_budget
+        from memprof.analyses.profile import default_result_path, gpu_budget
         from memprof.report.profile import profile_renderables, render_profile_html, render_profile_md
 
         output_format(args)  # --json with --format md|html is one line before any setting runs
@@ -159,7 +159,7 @@ class ProfileCommand:
 
     def _profile(self, args: argparse.Namespace, budget, out: Path):
         """Run the library function, with a progress line on stderr when it is a terminal."""
-        from memprof.profile import profile
+        from memprof.analyses.profile import profile
         from memprof.settings import parse_settings
 
         err = Console(stderr=True)

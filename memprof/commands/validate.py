@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from memprof.analyses.validate import DEFAULT_SEQS, DEFAULT_TASKS, DISTRIBUTED_TASKS, TASK_MAP
 from memprof.commands._common import (
     add_lora_step_args,
     add_model_args,
@@ -29,7 +30,6 @@ from memprof.commands._common import (
 )
 from memprof.errors import ValidateOptionError
 from memprof.report.jsonout import render_json
-from memprof.validate import DEFAULT_SEQS, DEFAULT_TASKS, DISTRIBUTED_TASKS, TASK_MAP
 
 
 class ValidateCommand:
@@ -79,8 +79,8 @@ class ValidateCommand:
         )
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
+        from memprof.analyses.validate import validate
         from memprof.report.validate import render_validate_html, render_validate_md, validate_renderables
-        from memprof.validate import validate
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         for path in (args.out, args.save):  # measuring takes minutes: an unwritable path is refused first

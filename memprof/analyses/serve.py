@@ -61,7 +61,7 @@ def plan_serving(
 ) -> ServePlan:
     """Serving capacity of MODEL at `setting` (bf16 by default) on every GPU of the table (or `gpus`):
     sequences of `context` tokens that fit beside the weights, decode speed and cost (estimates)."""
-    from memprof.plan import margin_bytes, plan
+    from memprof.analyses.plan import margin_bytes, plan
     from memprof.simulate import max_positions
 
     chosen = get_setting(setting or "bf16")

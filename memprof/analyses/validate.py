@@ -130,11 +130,11 @@ def validate(
     crash) is a row with its `error`; the other rows go on. Timing is not the point: `repeats` and
     `warmup` are kept small.
     """
+    from memprof.analyses.plan import plan
+    from memprof.analyses.profile import profile
     from memprof.lora.options import parse_alpha, parse_rank
     from memprof.measure.load import check_device
     from memprof.models import resolve_model
-    from memprof.plan import plan
-    from memprof.profile import profile
     from memprof.settings import get_setting
     from memprof.simulate import max_positions
     from memprof.step import default_alpha

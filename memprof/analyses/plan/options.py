@@ -1,0 +1,103 @@
+"""What a plan may be asked and what it leaves free: the options' bounds and checks, the GPUs chosen, the margin."""
+
+from __future__ import annotations
+
+from memprof import catalog
+from memprof.errors import PlanOptionError
+from memprof.io import host_memory_bytes
+from memprof.settings import Setting
+from memprof.simulate import (
+    OPTIMIZERS,
+    TASKS,
+)
+
+SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
+
+
+# What --num-gpus auto tries, smallest first: cloud instances hold 1, 2, 4 or 8 cards, and beyond
+# one node jobs take whole nodes of 8.
+AUTO_GPU_COUNTS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
+
+
+MAX_SWEEP_BATCH = 1 << 20
+
+
+MAX_SWEEP_SEQ = 1 << 20  # for models without a position limit (ALiBi)
+
+
+FIT_ERROR_NOTE_FRACTION = 0.01  # a fit error above this fraction of a card's memory is called out
+
+
+# The margin a fit must leave free, or it is called "tight": an ESTIMATE, not measured by memprof yet.
+# It stands for what the simulation does not count: the CUDA caching allocator's fragmentation and
+# block rounding (it rounds requests up to 512 B and carves large ones from 2 MiB-aligned segments
+# it keeps cached, so torch.cuda.max_memory_reserved() exceeds max_memory_allocated() at a training
+# step's peak, typically by several percent) and kernel workspaces (cuBLAS keeps a workspace per
+# handle and stream, 4-32 MiB; flash-attention and NCCL buffers). 5% of the card, at least 1 GiB
+# (on a 24 GB card 5% is 1.2 GiB). To be replaced by reserved - allocated measured on a GPU
+# (`memprof validate --device cuda` reports it as fragmentation).
+TIGHT_MARGIN_FRACTION = 0.05
+
+
+TIGHT_MARGIN_MIN_BYTES = 1 << 30
+
+
+def margin_bytes(memory_bytes: int, device: str = "cuda") -> int:
+    """The free memory a fit must leave on a card of `memory_bytes` not to be "tight" (an estimate,
+    see TIGHT_MARGIN_FRACTION); none on the CPU, which has no caching allocator."""
+    if device == "cpu":
+        return 0
+    return max(int(memory_bytes * TIGHT_MARGIN_FRACTION), TIGHT_MARGIN_MIN_BYTES)
+
+
+def check_options(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: str, optimizer: str) -> None:
+    if task not in TASKS:
+        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if batch < 1 or seq < 1:
+        raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
+    if batch > MAX_SWEEP_BATCH or seq > MAX_SWEEP_SEQ:  # the sweeps' own bounds; far past any GPU's memory
+        raise PlanOptionError(
+            f"--batch and --seq must be at most {MAX_SWEEP_BATCH:,} and {MAX_SWEEP_SEQ:,} (got batch {batch:,}, seq {seq:,})"
+        )
+    if num_gpus != "auto" and num_gpus < 1:
+        raise PlanOptionError(f"--num-gpus must be at least 1 or auto (got {num_gpus})")
+    if shard not in SHARDS:
+        raise PlanOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARDS)}")
+    if optimizer not in OPTIMIZERS:
+        raise PlanOptionError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if task == "full" and setting.quantized:
+        raise PlanOptionError(
+            f"a full fine-tune cannot train {setting.name} weights (bitsandbytes weights are frozen); "
+            "use --task qlora, or --setting bf16/fp16/fp32"
+        )
+    if task == "qlora" and not setting.quantized:
+        raise PlanOptionError(f"--task qlora needs a quantized setting (nf4-dq, nf4, fp4, int8), not {setting.name}")
+
+
+def check_positions(task: str, seq: int, new_tokens: int, limit: int | None) -> None:
+    """The rule of `memprof profile` (profile._check_options): no sequence beyond the model's positions;
+    for inference the generated tokens count too."""
+    if limit is None:
+        return
+    if task == "infer" and new_tokens and seq + new_tokens > limit:
+        raise PlanOptionError(
+            f"--seq {seq} + --new-tokens {new_tokens} = {seq + new_tokens:,} is longer than the model's "
+            f"{limit} positions; use --seq + --new-tokens <= {limit}"
+        )
+    if seq > limit:
+        raise PlanOptionError(f"--seq {seq} is longer than the model's {limit} positions; use --seq <= {limit}")
+
+
+def cpu_as_gpu() -> catalog.Gpu:
+    return catalog.Gpu("cpu (this machine)", host_memory_bytes(), 0.0, 0.0, 0.0, 0)
+
+
+def select_gpus(names: tuple[str, ...] | None, table: tuple[catalog.Gpu, ...]) -> tuple[catalog.Gpu, ...]:
+    if not names:
+        return table
+    chosen = []
+    for name in names:
+        gpu = catalog.lookup_gpu(name, table, error=PlanOptionError, hint="add yours with --gpu-file")
+        if gpu not in chosen:
+            chosen.append(gpu)
+    return tuple(chosen)
