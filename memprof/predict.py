@@ -5,11 +5,8 @@ Two totals per setting:
   `nelement() * element_size()` over parameters and buffers. For a 4-bit layer that is the packed
   uint8 weight only; for an int8 layer the int8 weight only.
 - true_bytes: every byte the model's tensors hold, counting each storage once. On top of the
-  footprint that is bitsandbytes' quant state, which lives outside parameters and buffers:
-  int8: one float32 scale per output row (SCB);
-  4-bit: one float32 absmax per 64-value block and the 16-entry float32 code table (per layer);
-  4-bit with double quantization: absmax as uint8, then per layer one float32 absmax per 256
-  blocks, a float32 offset and a copy of the 256-entry float32 dynamic code table.
+  footprint that is bitsandbytes' quant state, which lives outside parameters and buffers
+  (memprof.quant: each quantization's bytes).
 """
 
 from __future__ import annotations
@@ -17,20 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memprof.inventory import Inventory, TensorRecord
-from memprof.settings import (
-    BNB_4BIT_BLOCKSIZE,
-    BNB_4BIT_CODE_ENTRIES,
-    BNB_DYNAMIC_CODE_ENTRIES,
-    BNB_NESTED_BLOCKSIZE,
-    DTYPE_BYTES,
-    Setting,
-)
-
-FLOAT32_BYTES = DTYPE_BYTES["float32"]
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+from memprof.quant import FLOAT32_BYTES
+from memprof.settings import DTYPE_BYTES, Setting
 
 
 @dataclass(frozen=True)
@@ -44,18 +29,9 @@ class TensorBytes:
 def tensor_bytes(record: TensorRecord, setting: Setting) -> TensorBytes:
     if not (setting.quantized and record.quantizable):
         return TensorBytes(record.numel * DTYPE_BYTES[record.dtype_when_loaded(setting.dtype)], 0)
-    n = record.numel
-    if setting.quant == "int8":
-        return TensorBytes(n, record.quant_out_features * FLOAT32_BYTES)
-    packed = _ceil_div(n, 2)  # two 4-bit values per uint8
-    blocks = _ceil_div(n, BNB_4BIT_BLOCKSIZE)
-    code = BNB_4BIT_CODE_ENTRIES * FLOAT32_BYTES
-    if not setting.double_quant:
-        return TensorBytes(packed, blocks * FLOAT32_BYTES + code)
-    nested_absmax = _ceil_div(blocks, BNB_NESTED_BLOCKSIZE) * FLOAT32_BYTES
-    nested_code = BNB_DYNAMIC_CODE_ENTRIES * FLOAT32_BYTES
-    offset = FLOAT32_BYTES
-    return TensorBytes(packed, blocks + code + nested_absmax + nested_code + offset)
+    return TensorBytes(
+        *setting.quantization.weight_bytes(record.numel, record.quant_out_features, setting.double_quant)
+    )
 
 
 @dataclass(frozen=True)
@@ -113,7 +89,7 @@ def kbit_training_cast(inventory: Inventory, setting: Setting) -> KbitTrainingCa
     arithmetic equal to the real cast and to the simulated step.
     """
     quantized_layers = {t.name.removesuffix(".weight") for t in inventory.params if setting.quantized and t.quantizable}
-    four_bit = setting.quant in ("nf4", "fp4")
+    four_bit = setting.four_bit
     cast_params = cast_extra = step_extra = 0
     for record in inventory.params:
         if setting.quantized and record.quantizable:

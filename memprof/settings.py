@@ -1,7 +1,8 @@
 """The load settings (fp32 ... nf4-dq) as plain data.
 
 A setting says how `from_pretrained` is called: the dtype of the tensors that stay unquantized and,
-for the bitsandbytes settings, which `BitsAndBytesConfig` is passed. Nothing here imports torch;
+for the bitsandbytes settings, which quantization (memprof.quant: its bytes, kernel transients and
+`BitsAndBytesConfig`) with or without double quantization. Nothing here imports torch;
 `bnb_config()` does, lazily, when a real load needs the config object.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from memprof.errors import SettingError
 from memprof.options import comma_list
+from memprof.quant import QUANTIZATIONS, Quantization
 
 # Bytes per element of the dtypes that appear in model inventories.
 DTYPE_BYTES = {
@@ -26,12 +28,6 @@ DTYPE_BYTES = {
     "bool": 1,
 }
 
-# bitsandbytes' defaults (Params4bit.blocksize on CUDA/CPU, quantize_4bit(compress_statistics=True)).
-BNB_4BIT_BLOCKSIZE = 64
-BNB_NESTED_BLOCKSIZE = 256
-BNB_4BIT_CODE_ENTRIES = 16  # nf4 / fp4 lookup table, float32, one copy per quantized layer
-BNB_DYNAMIC_CODE_ENTRIES = 256  # the 8-bit dynamic map that double quantization copies per layer
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -39,13 +35,21 @@ class Setting:
 
     name: str
     dtype: str  # dtype of every tensor that is not quantized (embeddings, norms, lm_head, biases)
-    quant: str | None = None  # None, "int8", "nf4" or "fp4"
+    quant: str | None = None  # None or a key of memprof.quant.QUANTIZATIONS: "int8", "nf4", "fp4"
     double_quant: bool = False
     description: str = ""
 
     @property
     def quantized(self) -> bool:
         return self.quant is not None
+
+    @property
+    def quantization(self) -> Quantization | None:
+        return QUANTIZATIONS[self.quant] if self.quant else None
+
+    @property
+    def four_bit(self) -> bool:
+        return self.quantized and self.quantization.four_bit
 
     def with_dtype(self, dtype: str) -> Setting:
         """The same setting with another dtype for the unquantized tensors (and 4-bit compute)."""
@@ -121,14 +125,10 @@ def bnb_config(setting: Setting):
     import torch
     from transformers import BitsAndBytesConfig
 
-    if setting.quant == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=setting.quant,
-        bnb_4bit_use_double_quant=setting.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, setting.dtype),
-    )
+    kwargs = setting.quantization.bnb_config_kwargs(setting.dtype, setting.double_quant)
+    if "bnb_4bit_compute_dtype" in kwargs:
+        kwargs["bnb_4bit_compute_dtype"] = getattr(torch, kwargs["bnb_4bit_compute_dtype"])
+    return BitsAndBytesConfig(**kwargs)
 
 
 # bitsandbytes 0.50 branches on the CPU it runs on: on CPUs with AVX512-BF16 (Zen 4, Sapphire

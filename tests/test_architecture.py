@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "memprof.predict",
             "memprof.tensors",
             "memprof.kvcache",
+            "memprof.quant",
         ),
     ),
     ("lora", ("memprof.lora",)),  # options shared by every command, and counting

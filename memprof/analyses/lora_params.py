@@ -151,7 +151,7 @@ def _peft_printout_all_params(all_params: int, inventory: Inventory, setting: Se
     """peft's get_nb_trainable_parameters on a model loaded at `setting`: a bitsandbytes Params4bit holds
     ceil(n/2) packed uint8 values and peft counts numel() * 2 * element_size(), i.e. 2*ceil(n/2) for a
     weight of n values: one more than n when n is odd. int8 and float weights count n."""
-    if setting.quant not in ("nf4", "fp4"):
+    if not setting.four_bit:
         return all_params
     extra = sum(t.numel % 2 for t in inventory.tensors if t.quantizable)
     return all_params + extra
@@ -199,7 +199,7 @@ def _notes(
         "peft keeps LoRA weights in float32, so it writes the fp32 size unless the model is cast."
     )
     if base is not None and setting is not None and inventory is not None:
-        if setting.quant in ("nf4", "fp4"):
+        if setting.four_bit:
             if base.peft_printout_all_params == all_params:
                 notes.append(
                     "4-bit: peft counts a Params4bit weight as 2 × its packed uint8 elements; every quantized weight "

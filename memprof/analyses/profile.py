@@ -73,7 +73,7 @@ def offload_plan(model: ResolvedModel, setting: Setting, budget_bytes: int, *, c
     special: dict[str, object] = {}
     if setting.quantized:
         quantized = set(quantizable_linears(meta))
-        dtype = torch.int8 if setting.quant == "int8" else CustomDtype.INT4
+        dtype = CustomDtype.INT4 if setting.four_bit else torch.int8
         for name, _ in meta.named_parameters():
             module, _, leaf = name.rpartition(".")
             if not (module in quantized and leaf == "weight"):
@@ -297,7 +297,7 @@ def profile(
     notes = [_timing_note(device)]
     if train == "lora":
         notes.append("LoRA on quantized settings follows QLoRA: peft's prepare_model_for_kbit_training, then LoRA.")
-    if device == "cpu" and any(s.quant in ("nf4", "fp4") for s in chosen):
+    if device == "cpu" and any(s.four_bit for s in chosen):
         notes.append(CPU_REPACKING_NOTE + ".")
     if budget is not None and device != "cuda":
         notes.append(

@@ -37,8 +37,7 @@ from dataclasses import replace
 from memprof import catalog
 from memprof.analyses.plan.breakdown import (
     PlanContext,
-    dequant_bytes,
-    int8_out_features,
+    kernel_transient,
     layer_weight_bytes,
     peak_breakdown,
     phase_breakdown,
@@ -175,11 +174,12 @@ def plan(
         use_cache=use_cache,
         on_progress=on_progress,
     )
+    transient = kernel_transient(inventory, chosen_setting, task, device)
     ctx = PlanContext(
         task=task,
         setting=chosen_setting,
-        dequant_bytes=dequant_bytes(inventory, chosen_setting),
-        int8_out_features=int8_out_features(inventory, chosen_setting, task, device),
+        kernel_fixed_bytes=transient[0],
+        kernel_bytes_per_token=transient[1],
         layer_bytes=layer_weight_bytes(inventory, weights_setting),
         num_gpus=1 if auto else num_gpus,
         shard=shard,

@@ -27,36 +27,33 @@ def layer_weight_bytes(inventory: Inventory, setting: Setting) -> int:
     return total
 
 
-def dequant_bytes(inventory: Inventory, setting: Setting) -> int:
-    """A 4-bit matmul's untraced transient: bitsandbytes' gemm_4bit dequantizes the weight to the
-    compute dtype inside the op (and, double-quantized, its absmax to float32 first); for the largest layer."""
-    if setting.quant not in ("nf4", "fp4"):
-        return 0
-    numel = max((t.numel for t in inventory.tensors if t.quantizable), default=0)
-    absmax = -(-numel // 64) * 4 if setting.double_quant else 0
-    return numel * DTYPE_BYTES[setting.dtype] + absmax
-
-
 def int8_matmul8bitlt(task: str, device: str) -> bool:
     """Whether bitsandbytes runs LLM.int8() through MatMul8bitLt: inference anywhere, training on
     CUDA (the CPU trains through MatMul8bitFp, which dequantizes)."""
     return task == "infer" or device != "cpu"
 
 
-def int8_out_features(inventory: Inventory, setting: Setting, task: str, device: str) -> int:
-    """LLM.int8()'s untraced transient is an int32 product (tokens x out_features) inside
-    int8_scaled_mm, on MatMul8bitLt's path."""
-    if setting.quant != "int8" or not int8_matmul8bitlt(task, device):
-        return 0
-    return max((t.quant_out_features for t in inventory.tensors if t.quantizable), default=0)
+def kernel_transient(inventory: Inventory, setting: Setting, task: str, device: str) -> tuple[int, int]:
+    """What bitsandbytes' kernels hold where no trace sees it (memprof.quant), for the largest
+    quantized layer: (bytes whatever the tokens, bytes per token)."""
+    if not setting.quantized:
+        return 0, 0
+    quantized = [t for t in inventory.tensors if t.quantizable]
+    largest = max((t.numel for t in quantized), default=0)
+    widest = max((t.quant_out_features for t in quantized), default=0)
+    q = setting.quantization
+    return (
+        q.kernel_fixed_bytes(largest, DTYPE_BYTES[setting.dtype], setting.double_quant),
+        q.kernel_bytes_per_token(widest, int8_matmuls=int8_matmul8bitlt(task, device)),
+    )
 
 
 @dataclass(frozen=True)
 class PlanContext:
     task: str
     setting: Setting
-    dequant_bytes: int
-    int8_out_features: int
+    kernel_fixed_bytes: int  # inside bitsandbytes' kernels (kernel_transient), whatever the tokens
+    kernel_bytes_per_token: int
     layer_bytes: int
     num_gpus: int
     shard: str
@@ -93,7 +90,7 @@ def phase_breakdown(phase: PhasePeak, ctx: PlanContext, tokens: int) -> Breakdow
         temporaries,
         b["inputs"],
         b["kv_cache"],
-        ctx.dequant_bytes + 4 * tokens * ctx.int8_out_features,
+        ctx.kernel_fixed_bytes + tokens * ctx.kernel_bytes_per_token,
         gathered,
     )
     return Breakdown(*parts, total_bytes=sum(parts), peak_phase=phase.phase)

@@ -136,12 +136,12 @@ def detail_notes(
             else f"pure {setting.name}: weights, grads and AdamW states all in {setting.dtype} (--precision mixed: "
             "fp32 master weights under autocast, what most full fine-tunes run)."
         )
-    if device == "cpu" and setting.quant in ("nf4", "fp4"):
+    if device == "cpu" and setting.four_bit:
         # what `memprof profile --device cpu` measures, so the CPU plan is checked against the same layout
         notes.append(f"Simulated as profile measures it: {CPU_REPACKING_NOTE}.")
     if setting.quantized:
         kbit = ", unquantized params in fp32 as prepare_model_for_kbit_training casts them" if task != "infer" else ""
-        if setting.quant == "int8":
+        if not setting.four_bit:
             lt = int8_matmul8bitlt(task, device)
             path = (
                 "MatMul8bitLt's int8 matmuls without the outlier decomposition (its outlier columns depend on the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from memprof import catalog
 from memprof.errors import PlanOptionError
 from memprof.io import host_memory_bytes
-from memprof.settings import Setting
+from memprof.settings import SETTINGS, Setting
 from memprof.simulate import (
     OPTIMIZERS,
     TASKS,
@@ -71,7 +71,8 @@ def check_options(task: str, setting: Setting, batch: int, seq: int, num_gpus, s
             "use --task qlora, or --setting bf16/fp16/fp32"
         )
     if task == "qlora" and not setting.quantized:
-        raise PlanOptionError(f"--task qlora needs a quantized setting (nf4-dq, nf4, fp4, int8), not {setting.name}")
+        quantized = ", ".join(s.name for s in SETTINGS.values() if s.quantized)
+        raise PlanOptionError(f"--task qlora needs a quantized setting ({quantized}), not {setting.name}")
 
 
 def check_positions(task: str, seq: int, new_tokens: int, limit: int | None) -> None:
