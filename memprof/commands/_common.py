@@ -12,8 +12,7 @@ from rich.console import Console
 
 from memprof.errors import MemprofError, OptionError
 from memprof.io import write_text_atomic
-from memprof.report import FORMATS
-from memprof.report.jsonout import render_json
+from memprof.report import FORMATS, renderer
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -122,27 +121,27 @@ def emit(
     args: argparse.Namespace,
     console: Console,
     *,
-    table: Callable,
-    md: Callable[[object], str],
-    html: Callable[[object], str],
-    as_json: Callable[[object], str] = render_json,
+    verbose: bool = False,
+    table: Callable | None = None,
+    md: Callable[[object], str] | None = None,
+    html: Callable[[object], str] | None = None,
+    as_json: Callable[[object], str] | None = None,
 ) -> None:
-    """Render `result` in the chosen format to stdout or --out. `table` returns a rich renderable;
-    `as_json` defaults to the result dataclass as a dict (memprof.report.jsonout)."""
+    """Render `result` in the chosen format to stdout or --out, with the renderer memprof.report
+    registers for its kind; `table`, `md`, `html`, `as_json` render what has no kind (the catalog's
+    lists). `verbose` goes to the table renderers that take it (plan's)."""
     fmt = output_format(args)
-    if fmt == "json":
-        text = as_json(result) + "\n"
-    elif fmt == "md":
-        text = md(result)
-    elif fmt == "html":
-        text = html(result)
-    else:
+    render = {"table": table, "md": md, "html": html, "json": as_json}[fmt] or renderer(result, fmt)
+    if fmt == "table":
+        shown = render(result, verbose=True) if verbose else render(result)
         if args.out is None:
-            console.print(table(result))
+            console.print(shown)
             return
         capture = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-        capture.print(table(result))
+        capture.print(shown)
         text = capture.export_text()
+    else:
+        text = render(result) + ("\n" if fmt == "json" else "")
     if args.out is not None:
         write_atomic(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)

@@ -21,10 +21,9 @@ class CompareCommand:
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         from memprof.analyses.compare import compare_reports
-        from memprof.report.profile import compare_renderables, render_compare_html, render_compare_md
         from memprof.results.profile import ProfileReport
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         comparison = compare_reports(ProfileReport.load(args.a), ProfileReport.load(args.b))
-        emit(comparison, args, console, table=compare_renderables, md=render_compare_md, html=render_compare_html)
+        emit(comparison, args, console)
         return 0

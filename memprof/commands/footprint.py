@@ -13,7 +13,6 @@ from rich.console import Console
 
 from memprof.analyses.footprint import footprint
 from memprof.commands._common import add_model_args, add_output_args, add_settings_arg, emit, output_format
-from memprof.report.footprint import footprint_renderables, render_footprint_html, render_footprint_md
 
 
 class FootprintCommand:
@@ -48,7 +47,7 @@ class FootprintCommand:
                 trust_remote_code=args.trust_remote_code,
                 on_progress=(lambda msg: status.update(msg)) if status is not None else None,
             )
-        emit(report, args, console, table=footprint_renderables, md=render_footprint_md, html=render_footprint_html)
+        emit(report, args, console)
         failed = [r.setting for r in report.settings if r.mismatches or (r.measured and r.measured.error)]
         if failed:
             print(f"memprof: measured differs from predicted, or failed, for: {', '.join(failed)}", file=sys.stderr)

@@ -15,7 +15,6 @@ from rich.console import Console
 from memprof.analyses.lora_params import lora_params, lora_sweep
 from memprof.commands._common import add_model_args, add_output_args, emit, output_format
 from memprof.lora.options import BIAS_MODES, parse_alpha, parse_dropout, parse_rank
-from memprof.report.lora import lora_renderables, render_lora_html, render_lora_md
 from memprof.settings import SETTINGS
 
 
@@ -67,5 +66,5 @@ class LoraParamsCommand:
             result = lora_sweep(args.model, ranks=args.sweep, **options)
         else:
             result = lora_params(args.model, r=parse_rank(args.r), **options)
-        emit(result, args, console, table=lora_renderables, md=render_lora_md, html=render_lora_html)
+        emit(result, args, console)
         return 0

@@ -22,8 +22,6 @@ from memprof.commands._common import (
     output_format,
 )
 from memprof.commands.gpus import GPU_FILE_HELP
-from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
-from memprof.report.serve import render_serve_html, render_serve_md, serve_renderables
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
 
@@ -129,8 +127,7 @@ class PlanCommand:
                     use_cache=not args.no_cache,
                     on_progress=status.update if err.is_terminal else None,
                 )
-            table = lambda r: serve_renderables(r, verbose=args.verbose)  # noqa: E731
-            emit(serving, args, console, table=table, md=render_serve_md, html=render_serve_html)
+            emit(serving, args, console, verbose=args.verbose)
             return 0
         with status:
             report = plan(
@@ -156,6 +153,5 @@ class PlanCommand:
                 use_cache=not args.no_cache,
                 on_progress=status.update if err.is_terminal else None,
             )
-        table = lambda r: plan_renderables(r, verbose=args.verbose)  # noqa: E731
-        emit(report, args, console, table=table, md=render_plan_md, html=render_plan_html)
+        emit(report, args, console, verbose=args.verbose)
         return 0

@@ -116,7 +116,6 @@ class ProfileCommand:
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         from memprof.analyses.profile import default_result_path, gpu_budget
-        from memprof.report.profile import profile_renderables, render_profile_html, render_profile_md
 
         output_format(args)  # --json with --format md|html is one line before any setting runs
         if args.threads is not None and args.threads < 1:
@@ -149,7 +148,7 @@ class ProfileCommand:
                     made_dir.rmdir()
             raise
         shown = argparse.Namespace(**{**vars(args), "out": None})
-        emit(report, shown, console, table=profile_renderables, md=render_profile_md, html=render_profile_html)
+        emit(report, shown, console)
         print(f"saved {out} (re-render with `memprof report {out}`)", file=sys.stderr)
         failed = [f"{r.setting} ({r.error})" for r in report.settings if r.error]
         if failed:

@@ -27,41 +27,8 @@ class ReportCommand:
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         from memprof.results import load_result
-        from memprof.results.footprint import FootprintReport
-        from memprof.results.lora import LoraReport, LoraSweep
-        from memprof.results.plan import PlanReport
-        from memprof.results.profile import ProfileComparison
-        from memprof.results.serve import ServePlan
-        from memprof.results.validate import ValidationReport
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         report = load_result(args.file)  # any kind, or one line saying what is wrong with the file
-        if isinstance(report, FootprintReport):
-            from memprof.report.footprint import footprint_renderables, render_footprint_html, render_footprint_md
-
-            emit(report, args, console, table=footprint_renderables, md=render_footprint_md, html=render_footprint_html)
-        elif isinstance(report, ValidationReport):
-            from memprof.report.validate import render_validate_html, render_validate_md, validate_renderables
-
-            emit(report, args, console, table=validate_renderables, md=render_validate_md, html=render_validate_html)
-        elif isinstance(report, ServePlan):
-            from memprof.report.serve import render_serve_html, render_serve_md, serve_renderables
-
-            emit(report, args, console, table=serve_renderables, md=render_serve_md, html=render_serve_html)
-        elif isinstance(report, PlanReport):
-            from memprof.report.plan import plan_renderables, render_plan_html, render_plan_md
-
-            emit(report, args, console, table=plan_renderables, md=render_plan_md, html=render_plan_html)
-        elif isinstance(report, (LoraReport, LoraSweep)):
-            from memprof.report.lora import lora_renderables, render_lora_html, render_lora_md
-
-            emit(report, args, console, table=lora_renderables, md=render_lora_md, html=render_lora_html)
-        elif isinstance(report, ProfileComparison):
-            from memprof.report.profile import compare_renderables, render_compare_html, render_compare_md
-
-            emit(report, args, console, table=compare_renderables, md=render_compare_md, html=render_compare_html)
-        else:
-            from memprof.report.profile import profile_renderables, render_profile_html, render_profile_md
-
-            emit(report, args, console, table=profile_renderables, md=render_profile_md, html=render_profile_html)
+        emit(report, args, console)  # the kind's renderers (memprof.report.RENDERERS)
         return 0

@@ -80,7 +80,6 @@ class ValidateCommand:
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         from memprof.analyses.validate import validate
-        from memprof.report.validate import render_validate_html, render_validate_md, validate_renderables
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         for path in (args.out, args.save):  # measuring takes minutes: an unwritable path is refused first
@@ -108,7 +107,7 @@ class ValidateCommand:
                 nproc=args.nproc,
                 shard=args.shard,
             )
-        emit(report, args, console, table=validate_renderables, md=render_validate_md, html=render_validate_html)
+        emit(report, args, console)
         if args.save is not None:
             write_atomic(args.save, render_json(report) + "\n")
             print(f"wrote {args.save}", file=sys.stderr)
