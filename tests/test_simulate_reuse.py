@@ -12,6 +12,7 @@ from conftest import ARCH_MODELS, tiny_config
 from memprof import simulate
 from memprof.catalog import catalog_models
 from memprof.simulate import LAYER_ATTRIBUTE_KEYS, StepSpec, simulate_model
+from memprof.simulate import config as simulate_config
 
 
 def _phases(model_fit):
@@ -87,7 +88,7 @@ def _every_config():
 
 @pytest.mark.parametrize(("name", "config"), list(_every_config()), ids=lambda v: v if isinstance(v, str) else "")
 def test_the_layer_count_without_transformers_is_transformers_rule(name, config):
-    assert simulate._layer_key(config) == simulate._layer_key_from_transformers(config)
+    assert simulate_config._layer_key(config) == simulate_config._layer_key_from_transformers(config)
 
 
 def test_layer_attribute_keys_are_every_key_transformers_config_classes_name():

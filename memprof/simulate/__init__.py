@@ -60,191 +60,28 @@ import hashlib
 import json
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 
 from memprof.inventory import config_key
 from memprof.io import cache_dir, write_json_atomic
 from memprof.settings import get_setting
+from memprof.simulate.config import (
+    LAYER_ATTRIBUTE_KEYS,
+    layer_count,
+    layer_period,
+    max_positions,
+    seq_ranges,
+    sliding_window,
+    with_layers,
+)
+from memprof.simulate.spec import CATEGORIES, OPTIMIZERS, TASKS, PhasePeak, Simulation, StepSpec
 from memprof.step import autocast as step_autocast
 from memprof.step import make_optimizer as step_optimizer
 from memprof.step import train_step
 
 SIM_FORMAT = 10  # 9: FLOPs count the CPU attention kernel; 10: loss lives through the optimizer, --precision
-TASKS = ("infer", "lora", "qlora", "full")
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
-# Categories of live bytes, the same names as the profiler's breakdown.
-CATEGORIES = (
-    "weights",
-    "quant_state",
-    "trainable_params",
-    "grads",
-    "optimizer_states",
-    "inputs",
-    "kv_cache",
-    "activations_temporaries",
-)
 FIT_BASIS = ("1", "b", "s", "b*s", "s^2", "b*s^2")
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """Which step to simulate. `task` is infer, lora, qlora (LoRA on a quantized setting) or full."""
-
-    task: str
-    setting: str = "bf16"
-    optimizer: str = "adamw"
-    lora_r: int = 8
-    lora_alpha: float = 16
-    # LoraConfig target_modules as memprof.lora.options.peft_target_modules resolves it: names, "all-linear",
-    # or None for peft's default
-    target: tuple[str, ...] | str | None = None
-    grad_checkpointing: bool = False
-    new_tokens: int = 0
-    # memprof.step.PRECISIONS: "mixed" loads fp32 weights and runs the forward under autocast to the
-    # setting's dtype (CPU autocast's op lists: the simulated tensors are CPU tensors)
-    precision: str = "pure"
-    # the device planned for, whose defaults the step takes: AdamW foreach on CUDA (a for-loop on
-    # the CPU); LLM.int8() trains through MatMul8bitLt on CUDA and MatMul8bitFp on the CPU
-    device: str = "cpu"
-
-    def key(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PhasePeak:
-    """Peak live bytes during one phase of the step, and what was live at that moment."""
-
-    phase: str
-    peak_bytes: int
-    breakdown: dict[str, int]  # CATEGORIES -> bytes; sums to peak_bytes
-
-
-@dataclass(frozen=True)
-class Simulation:
-    layers: int
-    batch: int
-    seq: int
-    phases: tuple[PhasePeak, ...]
-    flops: int
-    # phase -> series -> one value per moment (the phase's start, then after every op): "total" live
-    # bytes, and where they change within the phase "grads" and "kv_cache"; what StepFit fits
-    moments: dict[str, dict[str, list[int]]] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def peak_bytes(self) -> int:
-        return max(p.peak_bytes for p in self.phases)
-
-    @property
-    def peak_phase(self) -> PhasePeak:
-        return max(self.phases, key=lambda p: p.peak_bytes)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Simulation:
-        return cls(
-            layers=data["layers"],
-            batch=data["batch"],
-            seq=data["seq"],
-            phases=tuple(PhasePeak(**p) for p in data["phases"]),
-            flops=data["flops"],
-            moments=data.get("moments", {}),
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# depth
-
-
-# Where configs keep the decoder layer count when transformers' config class does not say (remote code).
-_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-# Every key a config class of the pinned transformers names as its `num_hidden_layers` (attribute_map);
-# tests/test_layer_count.py checks this list against CONFIG_MAPPING.
-LAYER_ATTRIBUTE_KEYS = frozenset(
-    {
-        "num_hidden_layers",
-        "n_layer",
-        "num_layers",
-        "n_layers",
-        "encoder_layers",
-        "decoder_layers",
-        "depth",
-        "layers",
-        "num_stages",
-        "decoder_num_hidden_layers",
-        "num_encoder_blocks",
-    }
-)
-
-
-def _layer_key(config: dict) -> tuple[str, int]:
-    """The config.json key of the decoder layer count, and the count. transformers' config class says
-    which key its `num_hidden_layers` is (attribute_map: MPT n_layers, GPT-2 n_layer); a key the
-    config omits takes the class default, as transformers would build it.
-
-    A config that holds exactly one of the keys any class could name, and that one of `_LAYER_KEYS`,
-    gets the same answer from every class (its own key is that one, or else `_LAYER_KEYS` finds it),
-    so transformers is not asked (nor imported): the catalog's configs are all such.
-    """
-    named = [k for k in LAYER_ATTRIBUTE_KEYS if k in config]
-    if len(named) == 1 and named[0] in _LAYER_KEYS:
-        return named[0], int(config[named[0]])
-    return _layer_key_from_transformers(config)
-
-
-def _layer_key_from_transformers(config: dict) -> tuple[str, int]:
-    from transformers import CONFIG_MAPPING
-
-    from memprof.errors import ConfigError
-
-    model_type = config.get("model_type")
-    try:
-        config_class = CONFIG_MAPPING[model_type]
-    except KeyError:
-        config_class = None
-    key = (config_class.attribute_map if config_class else {}).get("num_hidden_layers", "num_hidden_layers")
-    if key in config:
-        return key, int(config[key])
-    for other in _LAYER_KEYS:  # configs of remote code
-        if other in config:
-            return other, int(config[other])
-    if config_class is not None:
-        with contextlib.suppress(Exception):  # a config transformers cannot build has no default either
-            values = {k: v for k, v in config.items() if k != "model_type"}
-            built = config_class(**values)
-            return key, int(built.num_hidden_layers)
-    raise ConfigError(
-        f"cannot tell the layer count of this {model_type or 'unknown'} config: it has none of "
-        "num_hidden_layers, n_layer, n_layers, num_layers, and transformers' config class gives no default"
-    )
-
-
-def layer_count(config: dict) -> int:
-    return _layer_key(config)[1]
-
-
-def layer_period(config: dict) -> int:
-    """Smallest group of layers that repeats (1 unless `layer_types` alternates, e.g. sliding/global)."""
-    types = config.get("layer_types")
-    if not types:
-        return 1
-    for p in range(1, len(types) + 1):
-        if all(types[i] == types[i % p] for i in range(len(types))):
-            return p
-    return len(types)
-
-
-def with_layers(config: dict, layers: int) -> dict:
-    """The config with `layers` decoder layers (and `layer_types` cut to match)."""
-    out = dict(config)
-    out[_layer_key(config)[0]] = layers
-    if out.get("layer_types"):
-        types = list(out["layer_types"])
-        out["layer_types"] = [types[i % len(types)] for i in range(layers)]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -949,39 +786,6 @@ def check_point(points: tuple[tuple[int, int], ...]) -> tuple[int, int]:
     return (max(b for b, _ in points) + 1, (seqs[-2] + seqs[-1]) // 2 + 1)
 
 
-def max_positions(config: dict) -> int | None:
-    """The longest sequence (prompt + generated tokens) the model is defined for; None if unbounded (ALiBi)."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "max_seq_len"):  # MPT
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def sliding_window(config: dict) -> int | None:
-    """The attention window of sliding-window layers where it is shorter than the model's positions."""
-    window = config.get("sliding_window")
-    if config.get("use_sliding_window") is False or isinstance(window, bool) or not isinstance(window, int):
-        return None
-    limit = max_positions(config)
-    return window if window > 1 and (limit is None or window < limit) else None
-
-
-def seq_ranges(config: dict, new_tokens: int = 0) -> tuple[tuple[int, int], ...]:
-    """Prompt lengths [lo, hi] within which the step runs the same ops, so that one fit holds.
-
-    transformers builds an explicit attention mask for sliding-window layers once the keys reach
-    the window (below it SDPA's is_causal does), so a sliding window splits the lengths in two.
-    The last range ends at the model's positions less `new_tokens` (or at 2**20 without a limit).
-    """
-    limit = max_positions(config)
-    top = (1 << 20) if limit is None else limit - new_tokens
-    window = sliding_window(config)
-    if window is None or window > top:
-        return ((1, top),)
-    return ((1, window - 1), (window, top))
-
-
 def _lstsq(sims: list[Simulation], values):
     """FIT_BASIS coefficients through the simulations' values (one column per series): (series x 6)."""
     import numpy as np
@@ -1395,3 +1199,29 @@ def _batch1_differs(runs: dict[tuple[int, int], Simulation], points) -> bool:
         abs(p.peak_bytes - q.peak_bytes) * 10_000 > q.peak_bytes
         for p, q in zip(fitted.phases, direct.phases, strict=True)
     )
+
+
+__all__ = [
+    "build_step_model",
+    "check_point",
+    "extrapolate",
+    "fit",
+    "fit_points",
+    "LAYER_ATTRIBUTE_KEYS",
+    "layer_count",
+    "max_positions",
+    "ModelFit",
+    "OPTIMIZERS",
+    "PhasePeak",
+    "prepare_step_model",
+    "prune_moments",
+    "seq_ranges",
+    "simulate_model",
+    "Simulation",
+    "sliding_window",
+    "StepFit",
+    "StepSimulator",
+    "StepSpec",
+    "TASKS",
+    "with_layers",
+]
