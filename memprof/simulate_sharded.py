@@ -24,7 +24,6 @@ from memprof.simulate import (
     Simulation,
     StepSpec,
     _cache_key,
-    _eager_mask_paths,
     _read_entry,
     _write_entry,
     extrapolate,
@@ -33,6 +32,7 @@ from memprof.simulate import (
     prepare_step_model,
     with_layers,
 )
+from memprof.simulate.fake_model import _eager_mask_paths
 
 SHARDED_MODES = ("fsdp", "zero2", "zero3")
 
