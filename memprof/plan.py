@@ -55,7 +55,7 @@ from memprof.simulate import (
     simulate_model,
     sliding_window,
 )
-from memprof.simulate_sharded import SHARDED_MODES, simulate_sharded_cached
+from memprof.simulate.sharded import SHARDED_MODES, simulate_sharded_cached
 from memprof.step import (
     DEFAULT_LORA_R,
     check_precision,
