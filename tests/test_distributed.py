@@ -11,7 +11,7 @@ from conftest import tiny_config, worker_request
 
 from memprof.measure.distributed import SHARD_MODES, decoder_layers, run_ranks
 from memprof.simulate import StepSpec
-from memprof.simulate_sharded import fake_process_group, simulate_sharded
+from memprof.simulate.sharded import fake_process_group, simulate_sharded
 
 SEQ = 32
 

@@ -12,7 +12,7 @@ from memprof.analyses.plan import plan
 from memprof.errors import PlanOptionError
 from memprof.measure.distributed import run_ranks
 from memprof.simulate import StepSpec
-from memprof.simulate_sharded import simulate_sharded, simulate_sharded_cached
+from memprof.simulate.sharded import simulate_sharded, simulate_sharded_cached
 
 SEQ = 32
 

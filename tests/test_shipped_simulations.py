@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from memprof import simulate
 from memprof.catalog import SIMULATIONS_DIR, catalog_models
 from memprof.catalog.regenerate import default_plan_simulations
+from memprof.simulate import cache
 
 SHIPPED = sorted(SIMULATIONS_DIR.glob("*.json"))
 # pinned exactly in pyproject.toml: shipped entries made with others are stale (regenerate them)
@@ -29,7 +29,7 @@ def _shipped_versions() -> dict:
 
 
 def _skip_unless_made_with_this_torch() -> None:
-    shipped, here = _shipped_versions()["torch"], simulate._versions()["torch"]
+    shipped, here = _shipped_versions()["torch"], cache._versions()["torch"]
     if shipped != here:
         pytest.skip(f"the shipped simulations are for torch {shipped}; this torch {here} does not use them")
 
@@ -42,7 +42,7 @@ def test_every_shipped_simulation_is_named_by_the_digest_of_its_key():
 
 
 def test_shipped_simulations_were_made_with_the_pinned_libraries_and_this_memprof():
-    shipped, here = _shipped_versions(), simulate._versions()
+    shipped, here = _shipped_versions(), cache._versions()
     assert {k: shipped[k] for k in PINNED} == {k: here[k] for k in PINNED}, "python -m memprof.catalog.regenerate"
 
 

@@ -252,7 +252,7 @@ def test_a_simulators_result_does_not_depend_on_the_points_it_ran_before():
 def test_flops_counted_during_the_tracked_step_equal_flop_counter_mode():
     """The simulation's own counter against torch's FlopCounterMode (what profile counts), at nf4 on Conv1D."""
     from memprof.measure.profile_worker import count_flops
-    from memprof.simulate import _eager_mask_paths
+    from memprof.simulate.fake_model import _eager_mask_paths
     from memprof.step import train_step
 
     config, spec = tiny_config("gpt2"), StepSpec(task="lora", setting="nf4")

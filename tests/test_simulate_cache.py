@@ -8,19 +8,18 @@ import pytest
 from conftest import tiny_config
 
 import memprof
-from memprof import simulate
-from memprof.simulate import StepSpec
+from memprof.simulate import StepSpec, cache
 
 
 def _key() -> str:
-    return simulate._cache_path(tiny_config("llama"), StepSpec("lora"), "fit", {}).name
+    return cache._cache_path(tiny_config("llama"), StepSpec("lora"), "fit", {}).name
 
 
 @pytest.mark.parametrize("dist", ["torch", "transformers", "peft", "bitsandbytes"])
 def test_a_library_upgrade_changes_the_simulation_cache_key(dist, monkeypatch):
     before = _key()
     real = metadata.version
-    monkeypatch.setattr(simulate.metadata, "version", lambda d: real(d) + ".post1" if d == dist else real(d))
+    monkeypatch.setattr(cache.metadata, "version", lambda d: real(d) + ".post1" if d == dist else real(d))
     assert _key() != before
 
 

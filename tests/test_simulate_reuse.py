@@ -9,9 +9,9 @@ import json
 import pytest
 from conftest import ARCH_MODELS, tiny_config
 
-from memprof import simulate
 from memprof.catalog import catalog_models
-from memprof.simulate import LAYER_ATTRIBUTE_KEYS, StepSpec, simulate_model
+from memprof.simulate import LAYER_ATTRIBUTE_KEYS, StepSpec, cache, simulate_model
+from memprof.simulate import config as simulate_config
 
 
 def _phases(model_fit):
@@ -57,7 +57,7 @@ def test_batch_one_is_simulated_unless_the_fit_was_checked_at_batch_one():
 def test_a_fit_with_an_error_at_its_check_point_is_not_reused(monkeypatch):
     config, spec = tiny_config("llama"), StepSpec(task="lora")
     simulate_model(config, spec, batch=2, seq=16)
-    index = simulate._cache_path(config, spec, "fits", {"depths": [2], "seq_range": [1, 128]})
+    index = cache._cache_path(config, spec, "fits", {"depths": [2], "seq_range": [1, 128]})
     data = json.loads(index.read_text())
     data["fits"][0]["check_error_bytes"] = 1
     index.write_text(json.dumps(data))
@@ -87,7 +87,7 @@ def _every_config():
 
 @pytest.mark.parametrize(("name", "config"), list(_every_config()), ids=lambda v: v if isinstance(v, str) else "")
 def test_the_layer_count_without_transformers_is_transformers_rule(name, config):
-    assert simulate._layer_key(config) == simulate._layer_key_from_transformers(config)
+    assert simulate_config._layer_key(config) == simulate_config._layer_key_from_transformers(config)
 
 
 def test_layer_attribute_keys_are_every_key_transformers_config_classes_name():

@@ -2,7 +2,7 @@
 
 - inventories/: each catalog model's inventory (transformers' classes on the meta device).
 - simulations/: the simulation cache entries a default `memprof plan MODEL` makes for each catalog
-  model (simulate.py reads them after the user's cache; each is named by the digest of its whole key,
+  model (simulate/cache.py reads them after the user's cache; each is named by the digest of its whole key,
   library versions included, so an entry is only used where it was made for exactly that).
 
 tests/test_catalog.py checks the inventories, tests/test_shipped_simulations.py the simulations.

@@ -1,7 +1,7 @@
 """The one FLOP table memprof counts with: torch's FlopCounterMode formulas plus the ops it lacks.
 
-Both the profiler (`count_flops` on the real step) and plan's simulation (simulate.py's counter on
-fake tensors) build their table with `flop_mapping()`, so the two count the same ops the same way.
+Both the profiler (`count_flops` on the real step) and plan's simulation (simulate/recorder.py's counter
+on fake tensors) build their table with `flop_mapping()`, so the two count the same ops the same way.
 
 torch's table (torch/utils/flop_counter.py) has the CUDA attention kernels but not the CPU one:
 `aten._scaled_dot_product_flash_attention_for_cpu` and its backward, which is what SDPA runs on the

@@ -1,6 +1,6 @@
 """`plan`: which GPUs can run a model's step, with how much headroom, at what batch and context, at what cost.
 
-Peak memory per GPU = the simulated step's peak (simulate.py: exact live bytes of the profiler's
+Peak memory per GPU = the simulated step's peak (memprof.simulate: exact live bytes of the profiler's
 step on fake tensors, real bitsandbytes layers included, extrapolated in depth) plus the transient
 inside bitsandbytes' kernels that no trace sees, divided as the sharding divides it, plus the
 card's CUDA context (gpus.json, labelled with whether it was measured). Sweeps over batch and
@@ -15,7 +15,7 @@ card the fewest of AUTO_GPU_COUNTS that fit, dividing as below.
 
 Sharding (per GPU, N GPUs, data parallel: every GPU runs the given batch). With N > 1 and fsdp,
 zero3 or zero2 at a float setting, the breakdown at the given (batch, seq) is rank 0 of the sharded
-step simulated on fake tensors (memprof.simulate_sharded: FSDP2 itself, equal to 2 measured gloo
+step simulated on fake tensors (memprof.simulate.sharded: FSDP2 itself, equal to 2 measured gloo
 ranks), and the sweeps are the division below corrected per phase by the simulation's difference at
 that point. --num-gpus auto, quantized settings (FSDP-QLoRA) and inference use the division alone,
 labelled as arithmetic in the notes:
@@ -64,7 +64,7 @@ from memprof.models import resolve_model
 from memprof.results.plan import GpuPlan, PlanReport
 from memprof.settings import get_setting
 from memprof.simulate import TASKS, StepSpec, max_positions, seq_ranges, simulate_model
-from memprof.simulate_sharded import simulate_sharded_cached
+from memprof.simulate.sharded import simulate_sharded_cached
 from memprof.step import (
     DEFAULT_LORA_R,
     check_precision,
@@ -111,7 +111,7 @@ def plan(
     is told what is being simulated.
 
     With num_gpus > 1 and shard fsdp, zero3 or zero2 at a float setting, the per-GPU breakdown at
-    (batch, seq) is rank 0 of the sharded step simulated on fake tensors (memprof.simulate_sharded),
+    (batch, seq) is rank 0 of the sharded step simulated on fake tensors (memprof.simulate.sharded),
     and the sweeps are the division corrected per phase by the simulation at (batch, seq);
     `simulate_sharding=False` keeps the division alone (what --num-gpus auto and quantized settings use).
     """

@@ -13,7 +13,7 @@ from memprof.simulate import (
     PhasePeak,
     Simulation,
 )
-from memprof.simulate_sharded import SHARDED_MODES
+from memprof.simulate.sharded import SHARDED_MODES
 
 
 def layer_weight_bytes(inventory: Inventory, setting: Setting) -> int:

@@ -18,21 +18,11 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-from memprof.simulate import (
-    CATEGORIES,
-    PhasePeak,
-    Simulation,
-    StepSpec,
-    _cache_key,
-    _eager_mask_paths,
-    _read_entry,
-    _write_entry,
-    extrapolate,
-    layer_count,
-    layer_period,
-    prepare_step_model,
-    with_layers,
-)
+from memprof.simulate.cache import _cache_key, _read_entry, _write_entry
+from memprof.simulate.config import layer_count, layer_period, with_layers
+from memprof.simulate.fake_model import _eager_mask_paths, prepare_step_model
+from memprof.simulate.fit import extrapolate
+from memprof.simulate.spec import CATEGORIES, PhasePeak, Simulation, StepSpec
 
 SHARDED_MODES = ("fsdp", "zero2", "zero3")
 
