@@ -39,8 +39,13 @@ def _cache_key(config: dict, spec: StepSpec, kind: str, extra: dict) -> tuple[st
     return f"{digest}.json", payload
 
 
+def user_entry_path(name: str):
+    """Where the user's cache keeps the entry `name` (the one rule for the folder)."""
+    return cache_dir() / "simulations" / name
+
+
 def _cache_path(config: dict, spec: StepSpec, kind: str, extra: dict):
-    return cache_dir() / "simulations" / _cache_key(config, spec, kind, extra)[0]
+    return user_entry_path(_cache_key(config, spec, kind, extra)[0])
 
 
 def _entries(name: str) -> Iterator[dict]:
@@ -51,8 +56,7 @@ def _entries(name: str) -> Iterator[dict]:
     ever read for exactly the key it was made for."""
     from memprof.catalog import SIMULATIONS_DIR
 
-    for folder in (cache_dir() / "simulations", SIMULATIONS_DIR):
-        path = folder / name
+    for path in (user_entry_path(name), SIMULATIONS_DIR / name):
         if path.is_file():
             with contextlib.suppress(ValueError, OSError):
                 yield json.loads(path.read_text())
@@ -64,4 +68,4 @@ def _read_entry(name: str) -> dict | None:
 
 def _write_entry(name: str, data: dict) -> None:
     with contextlib.suppress(OSError):  # a read-only cache only costs the recomputation
-        write_json_atomic(cache_dir() / "simulations" / name, data)
+        write_json_atomic(user_entry_path(name), data)

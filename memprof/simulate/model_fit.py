@@ -8,8 +8,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field, replace
 
-from memprof.io import cache_dir
-from memprof.simulate.cache import _cache_key, _entries, _read_entry, _write_entry
+from memprof.simulate.cache import _cache_key, _entries, _read_entry, _write_entry, user_entry_path
 from memprof.simulate.config import layer_count, layer_period, seq_ranges
 from memprof.simulate.fit import StepFit, _peak_error, check_point, extrapolate, fit, fit_points, prune_moments
 from memprof.simulate.simulator import StepSimulator
@@ -189,7 +188,7 @@ def _from_an_exact_fit(config: dict, spec: StepSpec, req: _Request) -> ModelFit 
 def _index_fit(config: dict, spec: StepSpec, req: _Request, model_fit: ModelFit) -> None:
     """Add a fit just made to the cache's index of the fits of its range (see _from_an_exact_fit)."""
     name, payload = _cache_key(config, spec, "fits", req.index_extra())
-    path = cache_dir() / "simulations" / name
+    path = user_entry_path(name)
     fits = []
     if path.is_file():
         with contextlib.suppress(ValueError, KeyError, TypeError, OSError):
