@@ -7,6 +7,7 @@ as well as a top-level one does). The layers, lowest first, are README's "Archit
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,21 @@ def test_the_checks_catch_a_wrong_import(module, source):
 def test_the_cycle_check_catches_a_cycle():
     broken = {**SOURCES, "memprof.errors": SOURCES["memprof.errors"] + "\nimport memprof.options\n"}
     assert import_cycles(broken) == [["memprof.errors", "memprof.options"]]
+
+
+def test_the_readme_tree_names_every_module():
+    """README's Architecture tree has a line for every module and package: a newcomer sees the
+    whole package there, and a module added without a line fails here."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    tree = readme[readme.index("## Architecture") :]
+    tree = tree[tree.index("```") + 3 :]
+    tree = tree[: tree.index("```")]
+    words = set(re.findall(r"[\w.]+\.py|\w+/", tree))
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        package = path.name == "__init__.py" and rel.parent != Path(".")
+        name = f"{rel.parent.name}/" if package else path.name
+        if name not in words and not any(part.startswith(".") for part in rel.parts):
+            missing.append(str(rel))
+    assert missing == []

@@ -131,7 +131,7 @@ def emit(
     registers for its kind; `table`, `md`, `html`, `as_json` render what has no kind (the catalog's
     lists). `verbose` goes to the table renderers that take it (plan's)."""
     fmt = output_format(args)
-    render = {"table": table, "md": md, "html": html, "json": as_json}[fmt] or renderer(result, fmt)
+    render = {"table": table, "md": md, "html": html, "json": as_json}.get(fmt) or renderer(result, fmt)
     if fmt == "table":
         shown = render(result, verbose=True) if verbose else render(result)
         if args.out is None:
