@@ -1,4 +1,4 @@
-"""Option values the commands share: comma lists (settings, ranks, sequence lengths, tasks)."""
+"""Option values the commands share: comma lists (settings, ranks, sequence lengths, tasks, names)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,29 @@ def comma_list(
     Blank items of a string are skipped, the others reach `parse` as written (with `strip`, without
     their spaces); a sequence's items reach it as they are. `empty` is raised when none is left.
     """
-    if isinstance(value, str):
-        items = [t.strip() if strip else t for t in value.split(",") if t.strip()]
-    else:
-        items = list(value)
+    items = _items(value, strip)
     if not items:
         raise empty
-    out: list[T] = []
+    return _unique(parse(item) for item in items)
+
+
+def name_list(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'a, b,,a' (or a sequence of names) -> ('a', 'b'): stripped, blanks skipped, without repeats;
+    () for None or nothing (the caller's default applies)."""
+    if value is None:
+        return ()
+    return _unique(name for name in (str(item).strip() for item in _items(value, strip=True)) if name)
+
+
+def _items(value: str | Sequence, strip: bool) -> list:
+    if isinstance(value, str):
+        return [t.strip() if strip else t for t in value.split(",") if t.strip()]
+    return list(value)
+
+
+def _unique(items) -> tuple:
+    out: list = []
     for item in items:
-        parsed = parse(item)
-        if parsed not in out:
-            out.append(parsed)
+        if item not in out:
+            out.append(item)
     return tuple(out)

@@ -21,7 +21,6 @@ from memprof.lora.count import Counted, _count_from_inventory, _count_with_peft,
 from memprof.lora.options import (
     BIAS_MODES,
     _leaf,
-    _names,
     _parent_leaf,
     parse_alpha,
     parse_dropout,
@@ -29,6 +28,7 @@ from memprof.lora.options import (
     parse_ranks,
 )
 from memprof.models import resolve_model
+from memprof.options import name_list
 from memprof.predict import kbit_training_cast, predict_setting
 from memprof.results.lora import (
     AdapterBytes,
@@ -271,8 +271,8 @@ def lora_params(
     if method not in ("auto", "peft"):
         raise ValueError(f"method must be 'auto' or 'peft', not {method!r}")
     chosen = get_setting(setting) if isinstance(setting, str) else setting
-    target_names = _names(target)
-    saved_names = _names(modules_to_save)
+    target_names = name_list(target)
+    saved_names = name_list(modules_to_save)
 
     resolved = resolve_model(model, allow_download=allow_download)
     inventory = None

@@ -22,6 +22,7 @@ from memprof.commands._common import (
     output_format,
 )
 from memprof.commands.gpus import GPU_FILE_HELP
+from memprof.options import name_list
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
 
@@ -33,10 +34,6 @@ def _num_gpus(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes a number of GPUs or auto, not {text!r}") from None
-
-
-def _gpu_list(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 class PlanCommand:
@@ -82,7 +79,7 @@ class PlanCommand:
             "--gpus",
             "--gpu",
             dest="gpus",
-            type=_gpu_list,
+            type=name_list,
             metavar="LIST",
             help="comma list of GPU names as `memprof gpus` lists them, or a unique part (h100, 4090); default: all",
         )

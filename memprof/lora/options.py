@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from memprof.errors import LoraConfigError, UnknownTargetError, UnsupportedTargetError
 from memprof.inventory import Inventory
-from memprof.options import comma_list
+from memprof.options import comma_list, name_list
 
 BIAS_MODES = ("none", "lora_only", "all")
 
@@ -80,18 +80,6 @@ def parse_dropout(text: str | float | None) -> float:
     if not 0.0 <= value < 1.0:
         raise LoraConfigError(f"dropout must be in [0, 1), not {text!r}")
     return value
-
-
-def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    items = value.split(",") if isinstance(value, str) else value
-    out: list[str] = []
-    for item in items:
-        name = item.strip()
-        if name and name not in out:
-            out.append(name)
-    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,7 +199,7 @@ def peft_target_modules(inventory: Inventory, target: str | Sequence[str] | None
     nothing for peft's own default; returns a list of names, "all-linear", or None. The profiler and
     the planner use this, so every command accepts the same --target as lora-params.
     """
-    names = _names(target)
+    names = name_list(target)
     linears = [path for path, _, _ in _inventory_linears(inventory)]
     if not names:
         if inventory.model_type in PEFT_DEFAULT_TARGETS and PEFT_DEFAULT_TARGETS[inventory.model_type] is None:
