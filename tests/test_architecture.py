@@ -20,7 +20,10 @@ OVERSIZE_TO_SPLIT: dict[str, int] = {}
 # Lowest first. A module belongs to the last (highest) layer with a prefix it matches; it may import
 # from its own layer and below. Within a layer the cycle check keeps imports one-way.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("memprof.errors", "memprof.io", "memprof.options", "memprof.units", "memprof.version")),
+    (
+        "foundation",
+        ("memprof.errors", "memprof.io", "memprof.libraries", "memprof.options", "memprof.units", "memprof.version"),
+    ),
     ("data", ("memprof.catalog",)),
     (
         "knowledge",

@@ -187,6 +187,9 @@ def _count_with_peft(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft warns about meta tensors, fan_in_fan_out, ...: the library never prints
+        from memprof.libraries import import_library
+
+        import_library("peft")  # bitsandbytes' kernels compiled on first use (memprof.libraries)
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
         from peft.tuners.lora import LoraLayer
         from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, ModulesToSaveWrapper

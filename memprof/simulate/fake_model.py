@@ -113,9 +113,11 @@ def build_step_model(config: dict, spec: StepSpec, mode, *, trust_remote_code: b
     parameters between dtypes inside a module (`_apply` swaps tensors), which peft does.
     """
     from memprof.inventory import build_meta_model
+    from memprof.libraries import import_library
     from memprof.settings import get_setting
     from memprof.step import weights_dtype
 
+    import_library("peft")  # and bitsandbytes with it, its kernels compiled on first use (memprof.libraries)
     setting = get_setting(spec.setting)
     dtype = weights_dtype(setting.dtype, spec.precision)
     model = build_meta_model(config, dtype=dtype, trust_remote_code=trust_remote_code)
