@@ -1,5 +1,5 @@
-"""What the step is recorded with: the live-bytes tracker sampled after every op, the FLOP counter, and
-the phases split into regions (`_Regions`) whose peaks, breakdowns and moments become a Simulation's
+"""What the step is recorded with: the live-bytes tracker sampled after every op and counting its
+FLOPs, and the phases split into regions (`_Regions`) whose peaks, breakdowns and moments become a Simulation's
 phases (`_PhaseRecorder`)."""
 
 from __future__ import annotations
@@ -16,46 +16,34 @@ def _model_parts(model, optimizer=None) -> dict[str, list]:
 
 
 def _moment_tracker():
-    """A LiveBytesTracker that calls `on_op()` after every op it counts (the recorder's sampler)."""
+    """A LiveBytesTracker that calls `on_op()` after every op it counts (the recorder's sampler) and
+    adds up the op's FLOPs in `flops`, with the table profile counts with (measure.flops: torch's
+    formulas, bitsandbytes' matmuls, CPU attention).
+
+    One dispatch mode for both: one Python dispatch per op instead of two.
+    Unlike torch's FlopCounterMode it does not track modules: that registers grad hooks which hold
+    grads until a module's backward is done, changing the live bytes counted in the same step.
+    """
+    from memprof.measure.flops import flop_registry
     from memprof.measure.tracker import LiveBytesTracker
+
+    registry = flop_registry()
 
     class MomentTracker(LiveBytesTracker):
         on_op = None
+        flops = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
             out = super().__torch_dispatch__(func, types, args, kwargs)
+            formula = registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += int(formula(*args, **kwargs, out_val=out))
             if self.on_op is not None:
                 self.on_op()
             return out
 
     return MomentTracker()
-
-
-def _flop_counter():
-    """A dispatch mode adding up the FLOPs of the ops it sees, in `flops`, with the table profile
-    counts with (measure.flops: torch's formulas, bitsandbytes' matmuls, CPU attention).
-
-    Unlike FlopCounterMode it does not track modules: that registers grad hooks which hold grads
-    until a module's backward is done, changing the live bytes the tracker counts in the same step.
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from memprof.measure.flops import flop_registry
-
-    registry = flop_registry()
-
-    class FlopCount(TorchDispatchMode):
-        flops = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            formula = registry.get(func._overloadpacket)
-            if formula is not None:
-                self.flops += int(formula(*args, **kwargs, out_val=out))
-            return out
-
-    return FlopCount()
 
 
 class _PhaseRecorder:

@@ -10,7 +10,7 @@ import warnings
 from memprof.settings import get_setting
 from memprof.simulate.config import layer_period, with_layers
 from memprof.simulate.fake_model import _bitsandbytes_paths, _eager_mask_paths, build_step_model, make_optimizer
-from memprof.simulate.recorder import _flop_counter, _model_parts, _moment_tracker, _PhaseRecorder, _Regions
+from memprof.simulate.recorder import _model_parts, _moment_tracker, _PhaseRecorder, _Regions
 from memprof.simulate.spec import Simulation, StepSpec
 from memprof.step import autocast as step_autocast
 from memprof.step import train_step
@@ -78,7 +78,6 @@ class StepSimulator:
         torch = self._torch
         ids = self._ids(batch, seq)
         model, optimizer = self.model, self.optimizer
-        counter = _flop_counter()
         with self.mode, _eager_mask_paths(), _bitsandbytes_paths(self.spec), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # transformers/peft deprecations are not the user's business
             if self.spec.task != "infer":
@@ -86,7 +85,7 @@ class StepSimulator:
                 if not self._warmed_up:
                     train_step(model, optimizer, ids, precision=self.spec.precision, compute_dtype=compute)
                     self._warmed_up = True
-                with counter, _moment_tracker() as tracker:
+                with _moment_tracker() as tracker:
                     rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model, optimizer), "inputs": [ids]})
                     tracker.track(*_model_parts(model, optimizer).values(), ids)
                     held = {**_model_parts(model, optimizer), "inputs": [ids]}
@@ -107,10 +106,10 @@ class StepSimulator:
                     with rec.phase("optimizer"):
                         optimizer.step()
                     del loss  # held through the update, as in step.train_step (a training loop logs it)
-                flops = counter.flops
+                flops = tracker.flops
             elif self.spec.new_tokens == 0:
                 # the profiler's forward: no_grad, no cache, logits for every position
-                with counter, _moment_tracker() as tracker:
+                with _moment_tracker() as tracker:
                     rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model), "inputs": [ids]})
                     tracker.track(*_model_parts(model).values(), ids)
                     with (
@@ -119,12 +118,12 @@ class StepSimulator:
                         torch.no_grad(),
                     ):
                         model(input_ids=ids, use_cache=False)
-                flops = counter.flops
+                flops = tracker.flops
             else:
-                rec, flops = self._generate(batch, seq, ids, counter)
+                rec, flops = self._generate(batch, seq, ids)
         return Simulation(self.layers, batch, seq, tuple(rec.phases), int(flops), rec.moments)
 
-    def _generate(self, batch: int, seq: int, ids, counter):
+    def _generate(self, batch: int, seq: int, ids):
         """Prefill `seq` tokens into a KV cache, grow the cache by new_tokens - 1, decode one token.
 
         The cache grows through its own `update()` (so sliding-window layers keep what they keep);
@@ -143,7 +142,7 @@ class StepSimulator:
             }
             return sum(storages.values())
 
-        with counter, _moment_tracker() as tracker:
+        with _moment_tracker() as tracker:
             rec = _PhaseRecorder(
                 tracker,
                 lambda: {**_model_parts(model), "inputs": [ids], "kv_cache": _cache_tensors(state.get("cache"))},
@@ -156,7 +155,7 @@ class StepSimulator:
                 state["cache"] = DynamicCache(config=model.config)
                 with rec.phase(regions.first("prefill")):
                     model(input_ids=ids, past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
-                prefill_flops = counter.flops
+                prefill_flops = tracker.flops
                 grow = self.spec.new_tokens - 1
                 cache = state["cache"]
                 if grow > 0:
@@ -172,4 +171,4 @@ class StepSimulator:
 
         # FLOPs of the whole generation: prefill + new_tokens decode steps, each costed at the last
         # (longest-cache) step: an upper bound within one step's attention FLOPs per token.
-        return rec, prefill_flops + self.spec.new_tokens * (counter.flops - prefill_flops)
+        return rec, prefill_flops + self.spec.new_tokens * (tracker.flops - prefill_flops)
