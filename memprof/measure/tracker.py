@@ -9,6 +9,12 @@ by ops inside it, plus any registered with `track()` (weights loaded earlier, in
 It depends only on torch, so it works on any device and under FakeTensorMode (fake tensors have
 meta storages whose nbytes are the real sizes).
 
+A storage resized in place without an op is seen too: FSDP2 frees a layer's unsharded parameters
+after its forward and backward with `untyped_storage().resize_(0)` (and allocates them again with
+`resize_(n)`), which no dispatch mode sees, while autograd still holds the tensors. While a tracker
+is active, `UntypedStorage.resize_` tells it (`_storage_resized`); without that, every layer's
+unsharded parameters would count as live until the step ends.
+
     with LiveBytesTracker() as t:
         t.track(model)                       # count the weights that already exist
         with t.phase("forward"):
@@ -58,6 +64,38 @@ class HeldStorage:
     kind: str | None = None
 
 
+_ACTIVE: list[LiveBytesTracker] = []  # trackers inside their `with` block, told of storage resizes
+_STORAGE_RESIZE = None  # UntypedStorage.resize_ as torch defines it, while it is wrapped
+
+
+def _resize_seen(storage, size):
+    out = _STORAGE_RESIZE(storage, size)
+    for tracker in tuple(_ACTIVE):
+        tracker._storage_resized(storage)
+    return out
+
+
+def _watch_storage_resizes(tracker: LiveBytesTracker) -> None:
+    global _STORAGE_RESIZE
+    import torch
+
+    if not _ACTIVE:
+        _STORAGE_RESIZE = torch.UntypedStorage.resize_
+        torch.UntypedStorage.resize_ = _resize_seen
+    _ACTIVE.append(tracker)
+
+
+def _unwatch_storage_resizes(tracker: LiveBytesTracker) -> None:
+    global _STORAGE_RESIZE
+    import torch
+
+    if tracker in _ACTIVE:
+        _ACTIVE.remove(tracker)
+    if not _ACTIVE and _STORAGE_RESIZE is not None:
+        torch.UntypedStorage.resize_ = _STORAGE_RESIZE
+        _STORAGE_RESIZE = None
+
+
 class LiveBytesTracker(TorchDispatchMode):
     """Counts the bytes of live tensor storages; see the module docstring."""
 
@@ -77,6 +115,20 @@ class LiveBytesTracker(TorchDispatchMode):
         self._phases: list[str] = []
         self.phase_events: list[tuple[str, int, int]] = []  # (name, start_event, end_event) per phase() block
         self._resizes: list[tuple[int, _Record, int]] = []  # (event, record, delta bytes)
+
+    def __enter__(self):
+        _watch_storage_resizes(self)
+        try:
+            return super().__enter__()
+        except BaseException:
+            _unwatch_storage_resizes(self)
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            _unwatch_storage_resizes(self)
 
     # -- counting -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -108,11 +160,7 @@ class LiveBytesTracker(TorchDispatchMode):
         nbytes = storage.nbytes()
         record = self._live.get(key)
         if record is not None:
-            if record.nbytes != nbytes:  # resized in place (resize_, out= ops)
-                self._event += 1  # its own event, so every event is one change (kind_series is exact)
-                self._resizes.append((self._event, record, nbytes - record.nbytes))
-                self._grow(nbytes - record.nbytes)
-                record.nbytes = nbytes
+            self._resize(record, nbytes)  # resized in place (resize_, out= ops)
             return
         self._event += 1
         record = _Record(nbytes, self._event)
@@ -122,6 +170,20 @@ class LiveBytesTracker(TorchDispatchMode):
         self._records.append(record)
         weakref.finalize(storage, self._free, key, record)
         self._grow(nbytes)
+
+    def _storage_resized(self, storage) -> None:
+        """A storage resized in place outside dispatch (UntypedStorage.resize_): a known one's bytes
+        change as an op's in-place resize does. One never seen is left to the op that outputs it."""
+        record = self._live.get(storage._cdata)
+        if record is not None:
+            self._resize(record, storage.nbytes())
+
+    def _resize(self, record: _Record, nbytes: int) -> None:
+        if record.nbytes != nbytes:
+            self._event += 1  # its own event, so every event is one change (kind_series is exact)
+            self._resizes.append((self._event, record, nbytes - record.nbytes))
+            self._grow(nbytes - record.nbytes)
+            record.nbytes = nbytes
 
     def _free(self, key: int, record: _Record) -> None:
         if self._live.get(key) is record:
@@ -172,13 +234,15 @@ class LiveBytesTracker(TorchDispatchMode):
                 record = self._live.get(self.key_of(t))
                 if record is not None:
                     kinds.setdefault(id(record), name)
-        at_peak = [
-            r for r in self._records if r.born <= self._peak_event and (r.died is None or r.died > self._peak_event)
-        ]
-        at_peak.sort(key=lambda r: r.nbytes, reverse=True)
+        event = self._peak_event
+        at_peak = {id(r): r for r in self._records if r.born <= event and (r.died is None or r.died > event)}
+        nbytes = self._nbytes_at(event, at_peak)
+        largest_first = sorted(at_peak.values(), key=lambda r: nbytes[id(r)], reverse=True)
         return [
-            HeldStorage(r.nbytes, str(r.made_by), tuple(r.shape), str(r.dtype).removeprefix("torch."), kinds.get(id(r)))
-            for r in at_peak[:largest]
+            HeldStorage(
+                nbytes[id(r)], str(r.made_by), tuple(r.shape), str(r.dtype).removeprefix("torch."), kinds.get(id(r))
+            )
+            for r in largest_first[:largest]
         ]
 
     @property
@@ -197,16 +261,26 @@ class LiveBytesTracker(TorchDispatchMode):
     def breakdown_at(self, event: int, categories: dict[str, Iterable]) -> dict[str, int]:
         """As `breakdown_at_peak`, at an earlier moment (a phase's peak_event)."""
         at_peak = {id(r): r for r in self._records if r.born <= event and (r.died is None or r.died > event)}
+        nbytes = self._nbytes_at(event, at_peak)
         result: dict[str, int] = {}
         for name, objs in categories.items():
             total = 0
             for t in _tensors([objs]):
                 record = self._live.get(self.key_of(t))
                 if record is not None and id(record) in at_peak:
-                    total += at_peak.pop(id(record)).nbytes
+                    total += nbytes[id(at_peak.pop(id(record)))]
             result[name] = total
-        result["other"] = sum(r.nbytes for r in at_peak.values())
+        result["other"] = sum(nbytes[id(r)] for r in at_peak.values())
         return result
+
+    def _nbytes_at(self, event: int, records: dict[int, _Record]) -> dict[int, int]:
+        """Each record's bytes at `event` (id -> bytes): its bytes now, less the resizes after it
+        (FSDP2 frees and re-allocates unsharded parameters in place many times a step)."""
+        nbytes = {key: r.nbytes for key, r in records.items()}
+        for at, record, delta in self._resizes:
+            if at > event and id(record) in nbytes:
+                nbytes[id(record)] -= delta
+        return nbytes
 
     @property
     def last_event(self) -> int:
@@ -221,8 +295,8 @@ class LiveBytesTracker(TorchDispatchMode):
         Exact, from the storages' lives: kinds are claimed as in `breakdown_at` (the first category
         naming a storage alive now claims it; the rest, freed ones included, is `other`), so at any
         event the kinds sum to the live bytes then, their maximum over all events is `peak_bytes`
-        (without `reset_peak`), and at `peak_event` they equal `breakdown_at_peak(categories)` when no
-        storage was resized later. `earlier`: snapshots from `claims` taken before, which name first
+        (without `reset_peak`), and at `peak_event` they equal `breakdown_at_peak(categories)`.
+        `earlier`: snapshots from `claims` taken before, which name first
         (the previous step's grads, freed by zero_grad, stay grads rather than `other`).
         O(records + events); int64 arrays, 8 bytes per event and kind.
         Each `phase_events` block (name, start, end) covers events start..end (start: on entry).

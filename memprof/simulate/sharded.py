@@ -147,9 +147,10 @@ def simulate_sharded_cached(
 ) -> tuple[Simulation, bool]:
     """simulate_sharded, cached on disk beside the single-GPU fits (simulate's cache: the same key of
     config, spec and library versions); also whether the cache answered."""
-    name, key = _cache_key(
-        config, spec, "sharded", {"batch": batch, "seq": seq, "world_size": world_size, "shard": shard}
-    )
+    # "frees": FSDP2's resize_(0) of unsharded parameters counted (measure.tracker); entries made
+    # before counted every layer's unsharded parameters as live to the end of the step
+    extra = {"batch": batch, "seq": seq, "world_size": world_size, "shard": shard, "frees": "storage-resize"}
+    name, key = _cache_key(config, spec, "sharded", extra)
     entry = _read_entry(name) if use_cache else None
     if entry is not None and "simulation" in entry:
         return Simulation.from_json(entry["simulation"]), True
