@@ -98,3 +98,11 @@ def test_cpu_plan_of_two_ranks_equals_the_largest_measured_rank(llama_dir, task,
     report = plan(llama_dir, task=task, setting=setting, precision=precision, batch=2, seq=SEQ, device="cpu",
                   num_gpus=2, shard=shard)  # fmt: skip
     assert report.breakdown.total_bytes == measured
+
+
+def test_the_sharded_step_is_simulated_at_the_models_full_depth():
+    """Not extrapolated from two reduced depths: which moment peaks settles only after a few layers
+    (the layers gathered at once), so the rank is simulated with every layer."""
+    config = {**tiny_config("llama"), "num_hidden_layers": 5}
+    sim = simulate_sharded(config, StepSpec(task="full", setting="fp32"), batch=1, seq=SEQ, world_size=2, shard="fsdp")
+    assert sim.layers == 5

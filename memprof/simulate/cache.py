@@ -14,7 +14,7 @@ from memprof.inventory import config_key
 from memprof.io import cache_dir, write_json_atomic
 from memprof.simulate.spec import StepSpec
 
-SIM_FORMAT = 10  # 9: FLOPs count the CPU attention kernel; 10: loss lives through the optimizer, --precision
+SIM_FORMAT = 11  # 10: loss lives through the optimizer, --precision; 11: zero_grad's moment holds its grads as grads
 
 
 def _versions() -> dict:

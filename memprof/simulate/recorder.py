@@ -92,10 +92,17 @@ class _PhaseRecorder:
     def phase(self, name: str, held: dict | None = None):
         """`held`: categories taken before the phase (tensors it frees, e.g. zero_grad's grads), kept
         alive until the breakdown is taken so they are classified; released before the next phase."""
+        if held is not None and held.get("grads"):
+            # the grads it frees are live at its start: its moment holds them as grads (not as
+            # activations, which a sharded plan would not divide); the hooks count from zero after it
+            storages = {g.untyped_storage()._cdata: g.untyped_storage().nbytes() for g in held["grads"]}
+            self._grads_bytes = sum(storages.values())
         self._start(name, True)
         yield
         self._close(held)
         self.region = None
+        if held is not None and held.get("grads"):
+            self._grads, self._grads_bytes = {}, 0
 
     def split(self, name: str, *, keep: bool = True) -> None:
         """End the current region now (its peak and breakdown) and go on recording as region `name`;
