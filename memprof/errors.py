@@ -63,3 +63,7 @@ class PlanOptionError(MemprofError):
 
 class ValidateOptionError(MemprofError):
     """A `memprof validate` option it cannot run: an unknown task, a sequence length below 1, an unknown device."""
+
+
+class SimulationError(MemprofError):
+    """The model's own code failed on fake tensors (a config transformers cannot run at that shape)."""

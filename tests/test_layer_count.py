@@ -46,3 +46,20 @@ def test_memprof_plan_plans_a_tiny_mpt(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["layers"] == 2 and report["architecture"]
     assert report["gpus"][0]["fits"] and report["breakdown"]["weights_bytes"] > 0
+
+
+def test_a_config_without_a_position_limit_takes_its_config_classs_default():
+    """What transformers builds the model with: GPT-2 1,024 positions, BERT 512; BLOOM (ALiBi) none,
+    answered without asking transformers (UNBOUNDED_TYPES, checked against it here)."""
+    from transformers import CONFIG_MAPPING
+
+    from memprof.simulate.config import UNBOUNDED_TYPES, _class_default_positions, max_positions
+
+    assert max_positions({"model_type": "gpt2", "n_layer": 2}) == 1024
+    assert max_positions({"model_type": "bert"}) == 512
+    assert max_positions({"model_type": "gpt2", "n_positions": 64}) == 64  # the file's own first
+    assert max_positions({"model_type": "no-such-type"}) is None
+    for model_type in UNBOUNDED_TYPES:
+        assert max_positions({"model_type": model_type}) is None
+        assert _class_default_positions(model_type) is None
+        assert CONFIG_MAPPING[model_type]  # a type transformers knows

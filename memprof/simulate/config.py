@@ -9,6 +9,7 @@ config whose layer-count key is ambiguous (`_layer_key`).
 from __future__ import annotations
 
 import contextlib
+import functools
 
 # Where configs keep the decoder layer count when transformers' config class does not say (remote code).
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -98,13 +99,38 @@ def with_layers(config: dict, layers: int) -> dict:
     return out
 
 
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "max_seq_len")  # MPT
+
+
 def max_positions(config: dict) -> int | None:
-    """The longest sequence (prompt + generated tokens) the model is defined for; None if unbounded (ALiBi)."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "max_seq_len"):  # MPT
+    """The longest sequence (prompt + generated tokens) the model is defined for; None if unbounded (ALiBi).
+
+    A config.json that leaves the limit out gets its config class's default, as transformers builds
+    the model with it (GPT-2: 1,024 positions; BERT: 512): a longer sequence fails in the model."""
+    for key in _POSITION_KEYS:
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-    return None
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type in UNBOUNDED_TYPES or config.get("alibi") is True:
+        return None
+    return _class_default_positions(model_type)
+
+
+# Config classes without a position limit (ALiBi): answered without importing transformers, so a
+# catalog BLOOM plans as fast as the others (tests/test_layer_count.py holds this to transformers).
+UNBOUNDED_TYPES = frozenset({"bloom"})
+
+
+@functools.cache
+def _class_default_positions(model_type: str) -> int | None:
+    try:  # transformers' config classes import no torch; only configs without the key get here
+        from transformers import CONFIG_MAPPING
+
+        defaults = CONFIG_MAPPING[model_type]().to_dict()
+    except Exception:  # noqa: BLE001  an unknown or unbuildable type: no limit known, as before
+        return None
+    return max_positions({k: v for k, v in defaults.items() if k in _POSITION_KEYS})
 
 
 def sliding_window(config: dict) -> int | None:

@@ -8,6 +8,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field, replace
 
+from memprof.errors import MemprofError, SimulationError
 from memprof.simulate.cache import _cache_key, _entries, _read_entry, _write_entry, user_entry_path
 from memprof.simulate.config import layer_count, layer_period, seq_ranges
 from memprof.simulate.fit import StepFit, _peak_error, check_point, extrapolate, fit, fit_points, prune_moments
@@ -198,6 +199,22 @@ def _index_fit(config: dict, spec: StepSpec, req: _Request, model_fit: ModelFit)
     _write_entry(name, {"fits": fits, "key": payload})
 
 
+@contextlib.contextmanager
+def model_code_errors(spec: StepSpec, where: str):
+    """An error raised by the model's own code (transformers, peft, bitsandbytes) on fake tensors as
+    one SimulationError line: what was simulated where, and the library's message."""
+    try:
+        yield
+    except MemprofError:
+        raise
+    except Exception as exc:  # noqa: BLE001  any library error: the user typed a config, not code
+        message = (str(exc).strip().splitlines() or [""])[0]
+        raise SimulationError(
+            f"the model's {spec.task} step failed on fake tensors ({where}): {type(exc).__name__}: {message} "
+            "(this config may not run in transformers at this shape; try a shorter --seq or check config.json)"
+        ) from exc
+
+
 def simulate_model(
     config: dict,
     spec: StepSpec,
@@ -230,7 +247,8 @@ def simulate_model(
         simulators = {}
         for d in depths:
             say(f"building the fake model at {d} layers")
-            simulators[d] = StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code)
+            with model_code_errors(spec, f"building the model at {d} layers"):
+                simulators[d] = StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code)
         runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in depths}
 
         def run_all(wanted) -> None:
@@ -238,7 +256,8 @@ def simulate_model(
                 todo = [p for p in dict.fromkeys(wanted) if p not in runs[depth]]
                 for i, point in enumerate(todo, 1):
                     say(f"simulating the step at {depth} layers, batch {point[0]} × seq {point[1]:,} ({i}/{len(todo)})")
-                    runs[depth][point] = simulator.run(*point)
+                    with model_code_errors(spec, f"at {depth} layers, batch {point[0]} × seq {point[1]:,}"):
+                        runs[depth][point] = simulator.run(*point)
 
         run_all((requested, *points, check))
         if batch == 1 and any(_batch1_differs(runs[d], points) for d in depths):

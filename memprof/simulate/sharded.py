@@ -62,7 +62,11 @@ def simulate_sharded(
     full depth the fake step takes seconds per 20 layers; the result is cached."""
     if shard not in SHARDED_MODES:
         raise ValueError(f"shard must be one of {SHARDED_MODES}")
-    return _simulate_depth(config, spec, layer_count(config), batch, seq, world_size, shard, trust_remote_code)
+    from memprof.simulate.model_fit import model_code_errors
+
+    layers = layer_count(config)
+    with model_code_errors(spec, f"rank 0 of {world_size} ({shard}), batch {batch} × seq {seq:,}"):
+        return _simulate_depth(config, spec, layers, batch, seq, world_size, shard, trust_remote_code)
 
 
 def _simulate_depth(config, spec, layers, batch, seq, world_size, shard, trust_remote_code) -> Simulation:
