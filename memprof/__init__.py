@@ -10,6 +10,7 @@ import logging as _logging
 from memprof.analyses.footprint import footprint
 from memprof.analyses.lora_params import lora_params, lora_sweep
 from memprof.analyses.plan import plan
+from memprof.analyses.serve import plan_serving
 from memprof.analyses.validate import validate
 from memprof.errors import MemprofError
 from memprof.inventory import Inventory, inventory_for
@@ -18,6 +19,7 @@ from memprof.predict import SettingPrediction, predict_setting
 from memprof.results.footprint import FootprintReport, SettingFootprint
 from memprof.results.lora import LoraReport, LoraSweep
 from memprof.results.plan import PlanReport
+from memprof.results.serve import ServePlan
 from memprof.results.validate import ValidationReport, ValidationRow
 from memprof.settings import SETTINGS, Setting, parse_settings
 from memprof.version import __version__
@@ -40,6 +42,7 @@ __all__ = [
     "MemprofError",
     "PlanReport",
     "ResolvedModel",
+    "ServePlan",
     "Setting",
     "SettingFootprint",
     "SettingPrediction",
@@ -51,6 +54,7 @@ __all__ = [
     "lora_sweep",
     "parse_settings",
     "plan",
+    "plan_serving",
     "predict_setting",
     "resolve_model",
     "validate",

@@ -579,3 +579,37 @@ def test_plan_carries_the_step_region_by_region_and_draws_it(tmp_path, capsys):
     )
     html = capsys.readouterr().out
     assert html.count("<svg") == 1 and "H100" in html and "peak" in html
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "serve", "--num-gpus", "2", "--shard", "fsdp"], "--num-gpus, --shard: not used by --task serve"),
+        (["--task", "serve", "--batch", "4"], "--batch: not used by --task serve"),
+        (["--context", "512"], "--context: for --task serve only"),
+        (["--shard", "fsdp"], "--shard fsdp divides over several GPUs"),
+        (["--task", "lora", "--new-tokens", "5"], "--new-tokens: not used by --task lora"),
+        (["--task", "full", "--lora-r", "16"], "--lora-r: not used by --task full"),
+        (["--task", "infer", "--optimizer", "adamw8bit"], "--optimizer: not used by --task infer"),
+        (["--task", "foo"], "unknown task 'foo'; use one of infer, lora, qlora, full, serve"),
+        (["--num-gpus", "100000", "--shard", "fsdp"], "--num-gpus must be from 1 to 4,096"),
+    ],
+)
+def test_an_option_the_task_does_not_use_is_one_line_not_ignored(argv, message, capsys):
+    assert main(["plan", "gpt2", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_the_python_api_takes_a_comma_list_of_gpus_and_rejects_wrong_types():
+    assert [g.name for g in plan("gpt2", gpus="h100, l4", seq=128).gpus] == ["H100 80GB", "L4"]
+    with pytest.raises(PlanOptionError, match="batch takes a whole number, not '2'"):
+        plan("gpt2", batch="2")
+    with pytest.raises(PlanOptionError, match="memprof.plan_serving"):
+        plan("gpt2", task="serve")
+
+
+def test_serve_defaults_to_the_models_positions_where_it_has_fewer():
+    from memprof import plan_serving
+
+    assert plan_serving("gpt2", gpus=("L4",)).context == 1024

@@ -49,7 +49,7 @@ def plan_serving(
     model: str | None = None,
     *,
     setting: str | None = None,
-    context: int = DEFAULT_CONTEXT,
+    context: int | None = None,
     kv_dtype: str | None = None,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     gpus: tuple[str, ...] | None = None,
@@ -60,17 +60,22 @@ def plan_serving(
     on_progress=None,
 ) -> ServePlan:
     """Serving capacity of MODEL at `setting` (bf16 by default) on every GPU of the table (or `gpus`):
-    sequences of `context` tokens that fit beside the weights, decode speed and cost (estimates)."""
+    sequences of `context` tokens that fit beside the weights, decode speed and cost (estimates).
+    `context` defaults to DEFAULT_CONTEXT, or the model's positions where it has fewer."""
     from memprof.analyses.plan import margin_bytes, plan
     from memprof.simulate import max_positions
 
     chosen = get_setting(setting or "bf16")
-    if context < 1:
+    if context is not None and (not isinstance(context, int) or isinstance(context, bool)):
+        raise ServeOptionError(f"--context takes a number of tokens, not {context!r}")
+    if context is not None and context < 1:
         raise ServeOptionError(f"--context must be at least 1 token (got {context})")
     if prefill_chunk < 1:
         raise ServeOptionError(f"--prefill-chunk must be at least 1 token (got {prefill_chunk})")
     resolved = resolve_model(model, allow_download=allow_download)
     limit = max_positions(resolved.config)
+    if context is None:  # the default, or all the model has
+        context = DEFAULT_CONTEXT if limit is None else min(DEFAULT_CONTEXT, limit)
     if limit is not None and context > limit:
         raise ServeOptionError(
             f"--context {context:,} is longer than the model's {limit:,} positions; use --context <= {limit}"

@@ -22,6 +22,7 @@ from memprof.commands._common import (
     output_format,
 )
 from memprof.commands.gpus import GPU_FILE_HELP
+from memprof.errors import PlanOptionError
 from memprof.options import name_list
 from memprof.settings import SETTINGS
 from memprof.simulate import OPTIMIZERS, TASKS
@@ -36,11 +37,41 @@ def _num_gpus(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"takes a number of GPUs or auto, not {text!r}") from None
 
 
+# dest -> flag of the options one task uses and another does not (--gpus, --gpu-file, --setting and
+# the output options apply to every task)
+_OPTION_FLAGS = {
+    "setting": "--setting",
+    "context": "--context",
+    "kv_dtype": "--kv-dtype",
+    "prefill_chunk": "--prefill-chunk",
+    "batch": "--batch",
+    "seq": "--seq",
+    "new_tokens": "--new-tokens",
+    "optimizer": "--optimizer",
+    "lora_r": "--lora-r",
+    "lora_alpha": "--lora-alpha",
+    "target": "--target",
+    "grad_checkpointing": "--grad-checkpointing",
+    "precision": "--precision",
+    "num_gpus": "--num-gpus",
+    "shard": "--shard",
+    "device": "--device",
+}
+_SERVE_FLAGS = ("--setting", "--context", "--kv-dtype", "--prefill-chunk")
+# options of some step tasks only: (flags, the tasks that use them)
+_TASK_FLAGS = (
+    (("--new-tokens",), ("infer",)),
+    (("--lora-r", "--lora-alpha", "--target"), ("lora", "qlora")),
+    (("--optimizer", "--grad-checkpointing"), ("lora", "qlora", "full")),
+)
+
+
 class PlanCommand:
     name = "plan"
     help = "which GPUs fit a model's inference / LoRA / QLoRA / full fine-tune step, max batch and context, cost"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        self._parser = parser  # its defaults tell which options were given (_check_applicable)
         add_model_args(parser)
         parser.add_argument(
             "--task",
@@ -58,8 +89,9 @@ class PlanCommand:
         parser.add_argument(
             "--context",
             type=int,
-            default=DEFAULT_CONTEXT,
-            help=f"serve: tokens per sequence, prompt plus generated (default {DEFAULT_CONTEXT})",
+            default=None,
+            help=f"serve: tokens per sequence, prompt plus generated (default {DEFAULT_CONTEXT}, or the model's "
+            "positions where fewer)",
         )
         parser.add_argument(
             "--kv-dtype",
@@ -104,8 +136,34 @@ class PlanCommand:
         )
         add_output_args(parser)
 
+    def _check_applicable(self, args: argparse.Namespace) -> None:
+        """An option the task does not use is one line, not silently ignored."""
+        given = [flag for dest, flag in _OPTION_FLAGS.items() if getattr(args, dest) != self._parser.get_default(dest)]
+        if args.task == "serve":
+            extra = [f for f in given if f not in _SERVE_FLAGS]
+            if extra:
+                raise PlanOptionError(
+                    f"{', '.join(extra)}: not used by --task serve (one GPU, sequences of --context tokens); "
+                    f"serve takes {', '.join(_SERVE_FLAGS)}"
+                )
+            return
+        extra = [f for f in given if f in _SERVE_FLAGS[1:]]
+        if extra:
+            raise PlanOptionError(f"{', '.join(extra)}: for --task serve only")
+        for flags, tasks in _TASK_FLAGS:
+            extra = [f for f in given if f in flags]
+            if extra and args.task not in tasks:
+                raise PlanOptionError(
+                    f"{', '.join(extra)}: not used by --task {args.task} (for --task {' or '.join(tasks)})"
+                )
+        if args.shard != "none" and args.num_gpus == 1:
+            raise PlanOptionError(
+                f"--shard {args.shard} divides over several GPUs: give --num-gpus N (2 or more) or auto"
+            )
+
     def run(self, args: argparse.Namespace, console: Console) -> int:
         output_format(args)  # a --json/--format contradiction is one line before any work
+        self._check_applicable(args)
         err = Console(stderr=True)
         # a spinner on a terminal only: piped or redirected stderr gets nothing but errors
         status = err.status("simulating the step on fake tensors…") if err.is_terminal else contextlib.nullcontext()

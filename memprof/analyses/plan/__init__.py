@@ -61,6 +61,7 @@ from memprof.errors import PlanOptionError
 from memprof.inventory import inventory_for
 from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import resolve_model
+from memprof.options import name_list
 from memprof.results.plan import GpuPlan, PlanReport
 from memprof.settings import get_setting
 from memprof.simulate import TASKS, StepSpec, max_positions, seq_ranges, simulate_model
@@ -115,8 +116,14 @@ def plan(
     and the sweeps are the division corrected per phase by the simulation at (batch, seq);
     `simulate_sharding=False` keeps the division alone (what --num-gpus auto and quantized settings use).
     """
+    if task == "serve":
+        raise PlanOptionError("task serve is its own function: memprof.plan_serving(model, context=...)")
     if task not in TASKS:
-        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}, serve")
+    for name, value in (("batch", batch), ("seq", seq), ("new_tokens", new_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise PlanOptionError(f"{name} takes a whole number, not {value!r}")
+    gpus = name_list(gpus) or None  # "h100,l4" as the command line takes it, or a sequence of names
     chosen_setting = get_setting(setting or ("nf4-dq" if task == "qlora" else "bf16"))
     auto = num_gpus == "auto"
     if auto and shard not in ("zero2", "zero3", "fsdp"):

@@ -19,6 +19,9 @@ SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
 AUTO_GPU_COUNTS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
 
 
+# FSDP2 pads every parameter to a multiple of the ranks: far past the largest jobs the padding, not
+# the model, would decide the answer
+MAX_NUM_GPUS = 4096
 MAX_SWEEP_BATCH = 1 << 20
 
 
@@ -52,15 +55,15 @@ def margin_bytes(memory_bytes: int, device: str = "cuda") -> int:
 
 def check_options(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: str, optimizer: str) -> None:
     if task not in TASKS:
-        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}, serve")
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
     if batch > MAX_SWEEP_BATCH or seq > MAX_SWEEP_SEQ:  # the sweeps' own bounds; far past any GPU's memory
         raise PlanOptionError(
             f"--batch and --seq must be at most {MAX_SWEEP_BATCH:,} and {MAX_SWEEP_SEQ:,} (got batch {batch:,}, seq {seq:,})"
         )
-    if num_gpus != "auto" and num_gpus < 1:
-        raise PlanOptionError(f"--num-gpus must be at least 1 or auto (got {num_gpus})")
+    if num_gpus != "auto" and not 1 <= num_gpus <= MAX_NUM_GPUS:
+        raise PlanOptionError(f"--num-gpus must be from 1 to {MAX_NUM_GPUS:,}, or auto (got {num_gpus:,})")
     if shard not in SHARDS:
         raise PlanOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARDS)}")
     if optimizer not in OPTIMIZERS:
