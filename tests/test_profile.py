@@ -637,3 +637,21 @@ def test_qlora_settings_checkpoint_by_default_and_the_others_do_not(model_dirs, 
     assert asked == {"bf16": False, "nf4-dq": False}
     profile(str(model_dirs["llama"]), settings="bf16", train="none", grad_checkpointing=True, **TINY)
     assert asked["bf16"] is False  # nothing to checkpoint without a training step
+
+
+def test_a_rate_is_within_noise_only_when_both_runs_did_the_same_work():
+    """tokens/s and FLOP/s are the work over the median: between runs of another seq their change is
+    the work's (seq 32 against 48 here), never the runs' noise; against the same run they are."""
+    from pathlib import Path
+
+    from memprof.results import load_result
+
+    inputs = Path(__file__).parent / "golden" / "inputs"
+    a, b = load_result(inputs / "profile-a.json"), load_result(inputs / "profile-b.json")
+    assert (a.seq, b.seq) == (32, 48)
+    rates = ("tokens_per_s", "tflops")
+    across = compare_reports(a, b).rows
+    assert not any(r.within_noise for r in across if r.metric.endswith(rates))
+    assert any(r.within_noise for r in across if r.metric.endswith("median_ms"))
+    same = compare_reports(a, a).rows
+    assert all(r.within_noise for r in same if r.metric.endswith(rates) and r.ratio is not None)

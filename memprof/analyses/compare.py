@@ -30,10 +30,13 @@ def _describe(report: ProfileReport) -> str:
     return f"{report.model} on {report.device} ({where}), batch {report.batch} x seq {report.seq}, {report.created}"
 
 
-def _within_noise(a, b) -> bool:
-    """Whether two timed phases' medians differ by no more than their IQRs added: a difference the
-    runs' own spread explains (tokens/s and FLOP/s are the median's reciprocal, so they share it)."""
+def _within_noise(a, b, metric: str, same_work: bool) -> bool:
+    """Whether the runs' own spread explains the difference: the medians differ by no more than their
+    IQRs added. A rate (tokens/s, FLOP/s: the work over the median) shares that only when both runs
+    did the same work per step; with another batch or seq its change is the work's, never noise."""
     if getattr(a, "iqr_ms", None) is None or getattr(b, "iqr_ms", None) is None:  # load: one timing, no IQR
+        return False
+    if not metric.endswith("median_ms") and not same_work:
         return False
     return abs(b.median_ms - a.median_ms) <= a.iqr_ms + b.iqr_ms
 
@@ -41,6 +44,7 @@ def _within_noise(a, b) -> bool:
 def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
     """The settings both runs measured, metric by metric, with B / A ratios."""
     b_rows = {r.setting: r for r in b.settings}
+    same_work = (a.batch, a.seq, a.train) == (b.batch, b.seq, b.train)
     rows = []
     for ra in a.settings:
         rb = b_rows.get(ra.setting)
@@ -50,7 +54,7 @@ def compare_reports(a: ProfileReport, b: ProfileReport) -> ProfileComparison:
             va, vb = _metric(ra, metric), _metric(rb, metric)
             ratio = vb / va if va and vb is not None else None
             noise = ratio is not None and _within_noise(
-                getattr(ra, metric.split(".")[0]), getattr(rb, metric.split(".")[0])
+                getattr(ra, metric.split(".")[0]), getattr(rb, metric.split(".")[0]), metric, same_work
             )
             timed = metric.split(".")[1] in ("median_ms", "tokens_per_s", "tflops")
             rows.append(ComparisonRow(ra.setting, metric, va, vb, ratio, within_noise=timed and noise))
