@@ -284,12 +284,22 @@ def test_no_card_holds_405b_so_the_count_of_the_largest_card_is_given():
     report = footprint("meta-llama/Llama-3.1-405B", settings="bf16,nf4")
     largest = max(gpu_tiers(), key=lambda g: g.usable_bytes)
     for row in report.settings:
-        assert row.smallest_gpu is None and row.fits_gpus == () and row.largest_gpu == largest.name == "H200"
+        assert row.smallest_gpu is None and row.fits_gpus == () and row.largest_gpu == largest.name == "MI300X"
         n = row.largest_gpu_count
         assert (n - 1) * largest.usable_bytes < row.true_bytes <= n * largest.usable_bytes
-    assert [r.largest_gpu_count for r in report.settings] == [6, 2]
+    assert [r.largest_gpu_count for r in report.settings] == [4, 2]
     text = render_footprint_md(report)
-    assert "| none (≥6× H200) |" in text and "| none (≥2× H200) |" in text
+    assert "| none (≥4× MI300X) |" in text and "| none (≥2× MI300X) |" in text
+
+
+def test_every_card_of_the_table_is_checked_the_largest_included():
+    """Every card of `memprof gpus` is checked, B200 and MI300X too: the count is of the largest, MI300X."""
+    from memprof import catalog
+    from memprof.analyses.footprint import gpu_tiers
+
+    assert {g.name for g in gpu_tiers()} == {g.name for g in catalog.gpus()}
+    row = footprint("meta-llama/Llama-3.1-405B", settings="nf4-dq").settings[0]  # 200.80 GiB
+    assert row.largest_gpu == "MI300X" and row.largest_gpu_count == 2
 
 
 def test_true_bytes_are_the_first_column_and_get_memory_footprint_is_labelled():

@@ -15,14 +15,16 @@ from memprof.results.footprint import FootprintReport, SettingFootprint
 from memprof.settings import SETTINGS, Setting, parse_settings
 from memprof.units import human_bytes
 
-# The memory sizes users shop by (catalog `tier_gb`); every card of these sizes is checked.
-FOOTPRINT_GPU_TIERS_GB = (16, 24, 40, 48, 80, 141)
+
+def gpu_tier_sizes_gb() -> tuple[int, ...]:
+    """The memory sizes users shop by (catalog `tier_gb`), smallest first: every size the table has."""
+    return tuple(sorted({g.tier_gb for g in catalog.gpus()}))
 
 
 def gpu_tiers() -> tuple[catalog.Gpu, ...]:
-    """The cards footprint checks: every catalog card of a FOOTPRINT_GPU_TIERS_GB size, smallest size first."""
+    """The cards footprint checks: every catalog card, smallest size first (table order within a size)."""
     cards = catalog.gpus()
-    return tuple(g for tier in FOOTPRINT_GPU_TIERS_GB for g in cards if g.tier_gb == tier)
+    return tuple(g for tier in gpu_tier_sizes_gb() for g in cards if g.tier_gb == tier)
 
 
 def _gpu_pick(true_bytes: int, cards: tuple[catalog.Gpu, ...]) -> dict:
@@ -98,7 +100,7 @@ def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, 
     cards = gpu_tiers()
     context = {g.context_bytes for g in cards}
     context_text = human_bytes(context.pop()) if len(context) == 1 else "a per-card amount"
-    sizes = "/".join(str(t) for t in FOOTPRINT_GPU_TIERS_GB)
+    sizes = "/".join(str(t) for t in gpu_tier_sizes_gb())
     notes.append(
         f"Smallest GPU: of the cards ({', '.join(g.name for g in cards)}) whose memory, less the CUDA context "
         f"({context_text}, an estimate until measured), holds the weights alone (no activations, KV cache or "
