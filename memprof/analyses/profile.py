@@ -425,8 +425,9 @@ def _check_distributed(chosen, *, nproc: int, shard: str | None, train: str, gen
         raise ProfileOptionError("--nproc runs the training step in ranks: give --train lora or --train full")
     quantized = [s.name for s in chosen if s.quantized]
     if quantized:
+        runs = f"--shard {shard}" if nproc == 1 else "--nproc"
         raise ProfileOptionError(
-            f"--nproc with bitsandbytes settings ({', '.join(quantized)}) is not measured yet (FSDP cannot shard "
+            f"{runs} with bitsandbytes settings ({', '.join(quantized)}) is not measured yet (FSDP cannot shard "
             "bitsandbytes' packed weights here); use --settings bf16,fp32, or profile QLoRA in one process"
         )
     if generate:

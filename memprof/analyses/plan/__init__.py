@@ -373,8 +373,7 @@ def plan(
             optimizer,
         )
         + window_note(resolved.config, ranges)
-        + from_fit_note(fitted)
-        + ((sharding_note(sharded, task, chosen_setting, shard),) if sharded else ()),
+        + from_fit_note(fitted),  # the sharding note is one of the short notes, shown with these
     )
 
 
