@@ -66,6 +66,7 @@ class HeldStorage:
 
 _ACTIVE: list[LiveBytesTracker] = []  # trackers inside their `with` block, told of storage resizes
 _STORAGE_RESIZE = None  # UntypedStorage.resize_ as torch defines it, while it is wrapped
+_OWN_RESIZE = [False]  # whether UntypedStorage defined resize_ itself (not inherited)
 
 
 def _resize_seen(storage, size):
@@ -81,6 +82,7 @@ def _watch_storage_resizes(tracker: LiveBytesTracker) -> None:
 
     if not _ACTIVE:
         _STORAGE_RESIZE = torch.UntypedStorage.resize_
+        _OWN_RESIZE[0] = "resize_" in vars(torch.UntypedStorage)  # else inherited, and inherited again after
         torch.UntypedStorage.resize_ = _resize_seen
     _ACTIVE.append(tracker)
 
@@ -92,7 +94,10 @@ def _unwatch_storage_resizes(tracker: LiveBytesTracker) -> None:
     if tracker in _ACTIVE:
         _ACTIVE.remove(tracker)
     if not _ACTIVE and _STORAGE_RESIZE is not None:
-        torch.UntypedStorage.resize_ = _STORAGE_RESIZE
+        if _OWN_RESIZE[0]:
+            torch.UntypedStorage.resize_ = _STORAGE_RESIZE
+        else:
+            del torch.UntypedStorage.resize_
         _STORAGE_RESIZE = None
 
 
