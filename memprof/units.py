@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def gib(n: int | None) -> str:
     return "—" if n is None else f"{n / 2**30:,.2f} GiB"
@@ -25,3 +27,13 @@ def count(n: int | None) -> str:
 
 def percent(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def significant(x: float | None, digits: int = 3) -> str:
+    """`x` with `digits` significant digits, never in exponent notation (0.000123, 1.23, 1,235)."""
+    if x is None:
+        return "—"
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"

@@ -115,3 +115,19 @@ def test_report_re_renders_a_saved_serve_plan(tmp_path, capsys):
     assert capsys.readouterr().out == saved.read_text()
     assert main(["report", str(saved), "--format", "md"]) == 0
     assert "| ★ T4 |" in capsys.readouterr().out
+
+
+def test_prices_read_as_plans_do():
+    """$/h and $/M tok as plan prints them: a dollar sign and three significant digits."""
+    from memprof.report.serve import _cells
+    from memprof.units import significant
+
+    row = plan_serving("gpt2", gpus=("L4",)).gpus[0]
+    cells = _cells(row)
+    assert "$" + significant(row.usd_per_hour) in cells and cells[-1].startswith("$")
+
+
+def test_lora_alpha_never_in_exponent_notation():
+    from memprof.report.lora import _alpha
+
+    assert [_alpha(a) for a in (16, 12.5, 2_000_000.0)] == ["16", "12.5", "2,000,000"]

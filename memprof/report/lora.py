@@ -14,7 +14,8 @@ KIND_SUFFIX = {"lora": "", "modules_to_save": " (full copy)", "bias": "", "other
 
 
 def _alpha(alpha: float) -> str:
-    return f"{alpha:g}"
+    """12.5, 16, 2,000,000: whole alphas with separators, never in exponent notation."""
+    return f"{int(alpha):,}" if float(alpha).is_integer() else f"{alpha:g}"
 
 
 def _method(report: LoraReport) -> str:

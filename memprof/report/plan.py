@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 from rich import box
 from rich.console import Console, Group
@@ -12,7 +11,7 @@ from rich.text import Text
 
 from memprof.report.common import md_table, with_charts
 from memprof.results.plan import Breakdown, GpuPlan, PlanReport
-from memprof.units import count, gib
+from memprof.units import count, gib, significant
 
 # (field, label, colour, character without colour) of the stacked bar, bottom to top of the step's memory
 BAR_PARTS = (
@@ -57,7 +56,7 @@ def _title(r: PlanReport) -> str:
     what = {"infer": "inference", "lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune"}[r.task]
     if r.lora_r is not None:
         what += f" r={r.lora_r}"
-    batch = f"batch {r.batch} × seq {r.seq:,}" + (f" +{r.new_tokens:,} new" if r.new_tokens else "")
+    batch = f"batch {r.batch:,} × seq {r.seq:,}" + (f" +{r.new_tokens:,} new" if r.new_tokens else "")
     setting = f"{r.precision} {r.setting}" if r.task == "full" else r.setting  # e.g. "mixed bf16"
     parts = [r.model, what, setting, batch]
     if r.optimizer and r.optimizer != "adamw":  # AdamW, the default, is named in the details
@@ -69,16 +68,6 @@ def _title(r: PlanReport) -> str:
     elif r.num_gpus > 1:
         parts.append(f"{r.num_gpus} GPUs {r.shard}")
     return " · ".join(parts)
-
-
-def significant(x: float | None, digits: int = SIGNIFICANT) -> str:
-    """`x` with `digits` significant digits, never in exponent notation (0.000123, 1.23, 1,235)."""
-    if x is None:
-        return "—"
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
-    return f"{x:,.{decimals}f}"
 
 
 def _cost_digits(r: PlanReport) -> int:

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from memprof.report.common import md_table, render_html
 from memprof.results.serve import ServeGpu, ServePlan
-from memprof.units import count, gib, human_bytes
+from memprof.units import count, gib, human_bytes, significant
 
 _HEAD = (
     "GPU",
@@ -44,8 +44,8 @@ def _cells(g: ServeGpu) -> list[str]:
         f"{g.vllm_max_concurrent_sequences_est:,}" if g.vllm_max_concurrent_sequences_est >= 0 else "—",
         _num(g.decode_tokens_per_s_est),
         _num(g.single_decode_tokens_per_s_est),
-        _num(g.usd_per_hour) if g.usd_per_hour else "—",
-        _num(g.usd_per_million_tokens_est),
+        "$" + significant(g.usd_per_hour) if g.usd_per_hour else "—",
+        "$" + significant(g.usd_per_million_tokens_est) if g.usd_per_million_tokens_est is not None else "—",
     ]
 
 
@@ -65,7 +65,7 @@ def _answer(r: ServePlan) -> str:
         return "No GPU holds the weights, a prefill chunk and one sequence's cache."
     g = next(g for g in r.gpus if g.name == r.cheapest)
     return (
-        f"★ lowest $/h that serves: {g.name}, ${_num(g.usd_per_hour)}/h, {g.max_concurrent_sequences:,} "
+        f"★ lowest $/h that serves: {g.name}, ${significant(g.usd_per_hour)}/h, {g.max_concurrent_sequences:,} "
         f"sequences of {r.context:,} tokens at once"
     )
 
