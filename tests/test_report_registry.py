@@ -74,3 +74,20 @@ def test_an_unregistered_kind_is_one_clear_error():
         renderer(Unknown(), "md")
     with pytest.raises(ValueError, match="unknown format 'pdf'"):
         renderer(Unknown(), "pdf")
+
+
+def test_report_verbose_re_renders_a_verbose_plan_and_leaves_other_kinds_as_they_are(tmp_path, capsys):
+    from memprof.cli import main
+
+    saved = tmp_path / "plan.json"
+    assert main(["plan", "gpt2", "--seq", "128", "--gpus", "l4", "--json", "--out", str(saved)]) == 0
+    capsys.readouterr()
+    assert main(["plan", "gpt2", "--seq", "128", "--gpus", "l4", "-v"]) == 0
+    original = capsys.readouterr().out
+    assert main(["report", str(saved), "-v"]) == 0
+    assert capsys.readouterr().out == original
+    profile = ROOT / "tests/golden/inputs/profile-a.json"
+    assert main(["report", str(profile), "-v"]) == 0
+    verbose = capsys.readouterr().out
+    assert main(["report", str(profile)]) == 0
+    assert verbose == capsys.readouterr().out  # its table has no verbose form

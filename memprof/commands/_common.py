@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -133,7 +134,8 @@ def emit(
     fmt = output_format(args)
     render = {"table": table, "md": md, "html": html, "json": as_json}.get(fmt) or renderer(result, fmt)
     if fmt == "table":
-        shown = render(result, verbose=True) if verbose else render(result)
+        takes_verbose = "verbose" in inspect.signature(render).parameters
+        shown = render(result, verbose=True) if verbose and takes_verbose else render(result)
         if args.out is None:
             console.print(shown)
             return

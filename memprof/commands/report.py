@@ -23,6 +23,9 @@ class ReportCommand:
             help="a JSON result written by `memprof profile`, `memprof footprint --json --out`, "
             "`memprof validate --save`, or the --json of `memprof plan`, `memprof lora-params` or `memprof compare`",
         )
+        parser.add_argument(
+            "--verbose", "-v", action="store_true", help="plan and serve tables: how each number is made, as plan -v"
+        )
         add_output_args(parser)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
@@ -30,5 +33,5 @@ class ReportCommand:
 
         output_format(args)  # a --json/--format contradiction is one line before any work
         report = load_result(args.file)  # any kind, or one line saying what is wrong with the file
-        emit(report, args, console)  # the kind's renderers (memprof.report.RENDERERS)
+        emit(report, args, console, verbose=args.verbose)  # the kind's renderers (memprof.report.RENDERERS)
         return 0
