@@ -441,3 +441,12 @@ def test_dora_cannot_wrap_multihead_attention():
     check_wrappable("attn", attention, dora=False)  # LoRA can
     with pytest.raises(UnsupportedTargetError, match="cannot apply DoRA"):
         check_wrappable("attn", attention, dora=True)
+
+
+def test_an_unknown_module_to_save_names_the_models_own_candidates():
+    from memprof.errors import UnknownTargetError
+
+    with pytest.raises(UnknownTargetError) as error:
+        lora_params("gpt2", modules_to_save="embed_tokens")
+    message = str(error.value)
+    assert "'embed_tokens'" in message and "wte" in message and "lm_head" in message

@@ -169,8 +169,11 @@ def _check_modules_to_save(names: tuple[str, ...], keys: Sequence[str], model: s
     for name in names:
         # peft's own rule for modules_to_save (_set_trainable): a plain suffix match.
         if not any(k.endswith(name) for k in keys):
+            # the modules outside the repeated layers: what modules_to_save is for (embeddings, the head)
+            outside = [k.rsplit(".", 1)[-1] for k in keys if k and not any(p.isdigit() for p in k.split("."))]
+            hint = ", ".join(dict.fromkeys(n for n in outside if n)) or "none"
             raise UnknownTargetError(
-                f"{model} has no module named {name!r} for --modules-to-save (e.g. lm_head, embed_tokens)"
+                f"{model} has no module named {name!r} for --modules-to-save; its modules outside the layers are {hint}"
             )
 
 
