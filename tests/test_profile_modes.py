@@ -125,3 +125,16 @@ def test_snapshot_file_per_setting_and_its_rules(tmp_path):
     ]:
         with pytest.raises(ProfileOptionError, match=message):
             _check_snapshot(path, **{"device": "cuda", "train": "lora", "shard": "none", **kwargs})
+
+
+def test_the_default_file_of_a_local_model_is_named_after_its_folder(tmp_path, monkeypatch):
+    from memprof.analyses.profile import default_result_path
+
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for model in ("./tiny", "tiny/", "tiny/config.json"):
+        assert default_result_path(model, "cpu").name.startswith("profile-tiny-cpu-")
+    assert default_result_path("meta-llama/Llama-3.2-1B", "cuda").name.startswith(
+        "profile-meta-llama__Llama-3.2-1B-cuda-"
+    )

@@ -157,6 +157,9 @@ def _cpu_name() -> str:
 
 def default_result_path(model: str, device: str, *, directory: Path = Path("reports")) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(model)
+    if path.exists():  # a local folder or config.json: its folder's name, not "./" and parents
+        model = (path.parent if path.is_file() else path).resolve().name or "model"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/").replace("/", "__"))[-80:]
     return directory / f"profile-{slug}-{device}-{stamp}.json"
 
