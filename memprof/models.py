@@ -155,6 +155,12 @@ def resolve_model(model: str | None = None, *, allow_download: bool = False) -> 
             snapshot = _download_config(name)
             return ResolvedModel(name, "download", read_config(snapshot / "config.json"), snapshot)
 
+    looks_like_path = name.startswith((".", "/", "~")) or name.endswith(".json") or name.count("/") > 1
+    if looks_like_path:
+        raise UnknownModelError(
+            f"no such file or directory: {name!r}; give a model directory, its config.json, a catalog name "
+            "(see `memprof models`) or a hub id"
+        )
     hint = _close_names(name)
     close = f" Close catalog names: {', '.join(hint)}." if hint else ""
     raise UnknownModelError(

@@ -59,3 +59,11 @@ def test_malformed_config_is_a_config_error(tmp_path, content, expected):
 def test_directory_without_config_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="has no config.json"):
         resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["/tmp/no/such/config.json", "./no-such-model", "a/b/c"])
+def test_a_path_that_does_not_exist_says_so(name):
+    from memprof.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="no such file or directory"):
+        resolve_model(name)
