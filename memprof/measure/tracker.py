@@ -24,6 +24,7 @@ unsharded parameters would count as live until the step ends.
 
 from __future__ import annotations
 
+import bisect
 import weakref
 from array import array
 from collections.abc import Iterable, Iterator
@@ -286,6 +287,23 @@ class LiveBytesTracker(TorchDispatchMode):
             if at > event and id(record) in nbytes:
                 nbytes[id(record)] -= delta
         return nbytes
+
+    def bytes_over_events(self, tensors: Iterable, events: list[int]) -> list[int]:
+        """Bytes of the storages of `tensors` (alive now) live at each of `events` (ascending), as
+        `breakdown_at` counts them at each: from the event that made each to the one that freed it."""
+        records = {}
+        for t in _tensors([tensors]):
+            record = self._live.get(self.key_of(t))
+            if record is not None:
+                records[id(record)] = record
+        delta = [0] * (len(events) + 1)
+        for record in records.values():
+            first = bisect.bisect_left(events, record.born)
+            end = len(events) if record.died is None else bisect.bisect_left(events, record.died)
+            if first < end:
+                delta[first] += record.nbytes
+                delta[end] -= record.nbytes
+        return list(accumulate(delta[: len(events)]))
 
     @property
     def last_event(self) -> int:

@@ -52,6 +52,9 @@ class _PhaseRecorder:
     A phase is one region unless `_Regions` splits it: each kept region's peak and its breakdown
     become one PhasePeak, and its moments (live bytes at its start and after each op; the peak is
     their maximum) go to Simulation.moments with the grads and KV-cache bytes where they change.
+    A moment's grads are the storages the region's breakdown calls grads, counted from the op that
+    made each: the same classification as the breakdown, at every moment (a grad made by the peak
+    op itself is a grad there too, before autograd accumulates it).
     """
 
     def __init__(self, tracker, categories, *, kv_bytes=None) -> None:
@@ -62,25 +65,13 @@ class _PhaseRecorder:
         self.moments: dict[str, dict[str, list[int]]] = {}
         self.region: str | None = None  # the region being recorded; None outside a phase
         self.keep = True
-        self._grads: dict[int, int] = {}  # id(param) -> bytes of its grad, kept by grad hooks
-        self._grads_bytes = 0
-        self._samples: list[tuple[int, int, int]] = []
+        self._samples: list[tuple[int, int, int]] = []  # (live bytes, tracker event, KV-cache bytes)
         tracker.on_op = self._sample
-
-    def grad_hooks(self, params) -> list:
-        """Hooks that keep the bytes of the grads made so far (what backward's moments hold as grads)."""
-
-        def hook(p) -> None:
-            nbytes = p.grad.untyped_storage().nbytes() if p.grad is not None else 0
-            self._grads_bytes += nbytes - self._grads.get(id(p), 0)
-            self._grads[id(p)] = nbytes
-
-        return [p.register_post_accumulate_grad_hook(hook) for p in params]
 
     def _sample(self) -> None:
         if self.region is not None:
             kv = self.kv_bytes() if self.kv_bytes is not None else 0
-            self._samples.append((int(self.tracker.current_bytes), self._grads_bytes, kv))
+            self._samples.append((int(self.tracker.current_bytes), self.tracker.last_event, kv))
 
     def _start(self, name: str, keep: bool) -> None:
         self.tracker.reset_peak()
@@ -92,17 +83,10 @@ class _PhaseRecorder:
     def phase(self, name: str, held: dict | None = None):
         """`held`: categories taken before the phase (tensors it frees, e.g. zero_grad's grads), kept
         alive until the breakdown is taken so they are classified; released before the next phase."""
-        if held is not None and held.get("grads"):
-            # the grads it frees are live at its start: its moment holds them as grads (not as
-            # activations, which a sharded plan would not divide); the hooks count from zero after it
-            storages = {g.untyped_storage()._cdata: g.untyped_storage().nbytes() for g in held["grads"]}
-            self._grads_bytes = sum(storages.values())
         self._start(name, True)
         yield
         self._close(held)
         self.region = None
-        if held is not None and held.get("grads"):
-            self._grads, self._grads_bytes = {}, 0
 
     def split(self, name: str, *, keep: bool = True) -> None:
         """End the current region now (its peak and breakdown) and go on recording as region `name`;
@@ -115,11 +99,13 @@ class _PhaseRecorder:
     def _close(self, held: dict | None) -> None:
         if not self.keep:
             return
-        breakdown = self.tracker.breakdown_at_peak(held if held is not None else self.categories())
+        categories = held if held is not None else self.categories()
+        breakdown = self.tracker.breakdown_at_peak(categories)
         breakdown["activations_temporaries"] = breakdown.pop("other")
         full = {c: int(breakdown.get(c, 0)) for c in CATEGORIES}
         self.phases.append(PhasePeak(self.region, int(self.tracker.peak_bytes), full))
-        total, grads, kv = (list(series) for series in zip(*self._samples, strict=True))
+        total, events, kv = (list(series) for series in zip(*self._samples, strict=True))
+        grads = self.tracker.bytes_over_events(categories.get("grads", ()), events)
         # a series that does not change within the region is kept as its one value
         self.moments[self.region] = {
             name: values if len(set(values)) > 1 else values[:1]

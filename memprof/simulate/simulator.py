@@ -92,7 +92,6 @@ class StepSimulator:
                     with rec.phase("zero_grad", held):  # the last moment the previous step's grads are live
                         optimizer.zero_grad(set_to_none=True)
                     held.clear()  # the grads are freed here, before the forward phase
-                    hooks = rec.grad_hooks(p for p in model.parameters() if p.requires_grad)
                     with _Regions(model, rec, layers=self.layers, period=self.period) as regions:
                         with (
                             rec.phase(regions.first("forward")),
@@ -101,8 +100,6 @@ class StepSimulator:
                             loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                         with rec.phase(regions.first("backward")):
                             loss.backward()
-                    for hook in hooks:
-                        hook.remove()
                     with rec.phase("optimizer"):
                         optimizer.step()
                     del loss  # held through the update, as in step.train_step (a training loop logs it)
