@@ -88,12 +88,22 @@ def _kv_layout(config_json: str) -> KvLayout:
 
     config = json.loads(config_json)
     model_type = config.get("model_type", "unknown")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        from memprof.inventory import installed_transformers_version
+
+        raise ConfigError(
+            f"transformers {installed_transformers_version()} does not know model_type {model_type!r}; "
+            "check config.json's model_type (e.g. llama, mistral, qwen2, gemma2, phi3, bloom, gpt2)"
+        )
     try:
         built = AutoConfig.for_model(**config)
         text = built.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
     except Exception as exc:  # a config transformers cannot build has no layout to read
-        raise ConfigError(f"cannot read the attention layout of this {model_type} config: {exc}") from exc
+        message = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"cannot read the attention layout of this {model_type} config: {message}") from exc
     heads = getattr(text, "num_attention_heads", None)
     hidden = getattr(text, "hidden_size", None)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads

@@ -106,3 +106,18 @@ def test_the_sharded_step_is_simulated_at_the_models_full_depth():
     config = {**tiny_config("llama"), "num_hidden_layers": 5}
     sim = simulate_sharded(config, StepSpec(task="full", setting="fp32"), batch=1, seq=SEQ, world_size=2, shard="fsdp")
     assert sim.layers == 5
+
+
+def test_an_8bit_optimizer_sharded_is_the_labelled_division_not_an_error():
+    report = plan("gpt2", task="full", num_gpus=2, shard="fsdp", optimizer="adamw8bit", gpus=("L4",), seq=SEQ)
+    assert any("ARITHMETIC" in n and "adamw8bit" in n for n in report.notes)
+
+
+def test_serving_an_unknown_model_type_is_one_short_line(tmp_path):
+    from memprof.analyses.serve import plan_serving
+    from memprof.errors import ConfigError
+
+    (tmp_path / "config.json").write_text('{"model_type": "frobnicator"}')
+    with pytest.raises(ConfigError) as error:
+        plan_serving(str(tmp_path))
+    assert "does not know model_type 'frobnicator'" in str(error.value) and len(str(error.value)) < 300

@@ -14,7 +14,9 @@ from memprof.inventory import config_key
 from memprof.io import cache_dir, write_json_atomic
 from memprof.simulate.spec import StepSpec
 
-SIM_FORMAT = 12  # 11: zero_grad's moment holds its grads as grads; 12: every moment's grads as the breakdown classifies them
+SIM_FORMAT = (
+    12  # 11: zero_grad's moment holds its grads as grads; 12: every moment's grads as the breakdown classifies them
+)
 
 
 def _versions() -> dict:

@@ -136,6 +136,8 @@ def plan(
     if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
     check_options(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
+    if device not in ("cuda", "cpu"):
+        raise PlanOptionError(f"device must be cuda (the GPU table) or cpu (this machine), not {device!r}")
     if device == "cpu" and auto:
         raise PlanOptionError(
             "--device cpu plans one rank on this machine: give --num-gpus N (the ranks of a gloo run), not auto"
@@ -198,7 +200,7 @@ def plan(
     contexts = {n: replace(ctx, num_gpus=n) for n in (AUTO_GPU_COUNTS if auto else (num_gpus,))}
     breakdowns = {n: peak_breakdown(fitted.direct, c) for n, c in contexts.items()}
     unsharded = peak_breakdown(fitted.direct, replace(ctx, num_gpus=1, shard="none", bucket_bytes=0)).total_bytes
-    sharded = sharding_source(task, chosen_setting, num_gpus, shard, simulate_sharding)
+    sharded = sharding_source(task, chosen_setting, num_gpus, shard, simulate_sharding, optimizer)
     if sharded == "simulated":
         if on_progress:
             on_progress(f"simulating rank 0 of the {shard} step over {num_gpus} ranks")
@@ -357,7 +359,7 @@ def plan(
         cheapest=cheapest,
         num_gpus_auto=auto,
         notes=short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows)
-        + ((sharding_note(sharded, task, chosen_setting, shard),) if sharded else ()),
+        + ((sharding_note(sharded, task, chosen_setting, shard, optimizer, auto),) if sharded else ()),
         details=detail_notes(
             task,
             chosen_setting,

@@ -96,7 +96,7 @@ def phase_breakdown(phase: PhasePeak, ctx: PlanContext, tokens: int) -> Breakdow
     return Breakdown(*parts, total_bytes=sum(parts), peak_phase=phase.phase)
 
 
-def sharding_source(task: str, setting: Setting, num_gpus, shard: str, simulate: bool) -> str:
+def sharding_source(task: str, setting: Setting, num_gpus, shard: str, simulate: bool, optimizer: str = "adamw") -> str:
     """Where the per-GPU breakdown at the planned point comes from: "" (one GPU), "ddp" (the single
     step + buckets, as measured), "simulated" (the sharded step on fake tensors) or "division"."""
     if num_gpus == "auto":
@@ -105,7 +105,8 @@ def sharding_source(task: str, setting: Setting, num_gpus, shard: str, simulate:
         return ""
     if shard == "ddp":
         return "ddp"
-    if simulate and shard in SHARDED_MODES and not setting.quantized and task != "infer":
+    # bitsandbytes' 8-bit states on FSDP2's sharded DTensors need data the fake tensors do not have
+    if simulate and shard in SHARDED_MODES and not setting.quantized and task != "infer" and optimizer == "adamw":
         return "simulated"
     return "division"
 

@@ -17,7 +17,9 @@ from memprof.simulate import (
 )
 
 
-def sharding_note(source: str, task: str, setting: Setting, shard: str) -> str:
+def sharding_note(
+    source: str, task: str, setting: Setting, shard: str, optimizer: str = "adamw", auto: bool = False
+) -> str:
     """One line: which per-GPU numbers are simulated sharded and which are arithmetic."""
     if source == "simulated":
         return (
@@ -33,11 +35,14 @@ def sharding_note(source: str, task: str, setting: Setting, shard: str) -> str:
             "Per GPU (ddp): the single-GPU step plus DDP's gradient buckets, a grad-sized copy of the trainable "
             "params, counted in grads in every phase (as measured on 2 gloo ranks)."
         )
-    why = (
-        "--num-gpus auto divides at every count"
-        if task != "infer" and not setting.quantized
-        else ("FSDP-QLoRA is not simulated yet" if setting.quantized else "inference is not simulated sharded")
-    )
+    if auto:
+        why = "--num-gpus auto divides at every count; confirm a count with --num-gpus N, which simulates it"
+    elif setting.quantized:
+        why = "FSDP-QLoRA is not simulated yet"
+    elif task == "infer":
+        why = "inference is not simulated sharded"
+    else:
+        why = f"{optimizer}'s 8-bit states are not simulated sharded yet"
     return f"Per GPU: ARITHMETIC, the single-GPU simulation divided as {shard} divides it ({why}), not simulated."
 
 
