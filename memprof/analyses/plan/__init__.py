@@ -118,11 +118,8 @@ def plan(
     """
     if task == "serve":
         raise PlanOptionError("task serve is its own function: memprof.plan_serving(model, context=...)")
-    if task not in TASKS:
+    if task not in TASKS:  # before the task's default setting is looked up
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}, serve")
-    for name, value in (("batch", batch), ("seq", seq), ("new_tokens", new_tokens)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise PlanOptionError(f"{name} takes a whole number, not {value!r}")
     gpus = name_list(gpus) or None  # "h100,l4" as the command line takes it, or a sequence of names
     chosen_setting = get_setting(setting or ("nf4-dq" if task == "qlora" else "bf16"))
     auto = num_gpus == "auto"
@@ -135,21 +132,11 @@ def plan(
         raise PlanOptionError(f"--num-gpus takes a number of GPUs or auto, not {num_gpus!r}")
     if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
-    check_options(task, chosen_setting, batch, seq, num_gpus, shard, optimizer)
-    if device not in ("cuda", "cpu"):
-        raise PlanOptionError(f"device must be cuda (the GPU table) or cpu (this machine), not {device!r}")
-    if device == "cpu" and auto:
-        raise PlanOptionError(
-            "--device cpu plans one rank on this machine: give --num-gpus N (the ranks of a gloo run), not auto"
-        )
+    check_options(task, chosen_setting, batch, seq, new_tokens, num_gpus, shard, optimizer, device)
     grad_checkpointing = resolve_grad_checkpointing(grad_checkpointing, task, quantized=chosen_setting.quantized)
     precision = check_precision(precision, task, chosen_setting)
     # the bytes the weights are held in: fp32 masters under mixed precision
     weights_setting = replace(chosen_setting, dtype=weights_dtype(chosen_setting.dtype, precision))
-    if new_tokens < 0:
-        raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
-    if new_tokens > MAX_SWEEP_SEQ:
-        raise PlanOptionError(f"--new-tokens must be at most {MAX_SWEEP_SEQ:,} (got {new_tokens:,})")
     table = (cpu_as_gpu(),) if device == "cpu" else select_gpus(gpus, catalog.gpus_with(gpu_file))
 
     resolved = resolve_model(model, allow_download=allow_download)

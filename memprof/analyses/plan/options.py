@@ -8,7 +8,6 @@ from memprof.io import host_memory_bytes
 from memprof.settings import SETTINGS, Setting
 from memprof.simulate import (
     OPTIMIZERS,
-    TASKS,
 )
 
 SHARDS = ("none", "ddp", "zero2", "zero3", "fsdp")
@@ -53,21 +52,35 @@ def margin_bytes(memory_bytes: int, device: str = "cuda") -> int:
     return max(int(memory_bytes * TIGHT_MARGIN_FRACTION), TIGHT_MARGIN_MIN_BYTES)
 
 
-def check_options(task: str, setting: Setting, batch: int, seq: int, num_gpus, shard: str, optimizer: str) -> None:
-    if task not in TASKS:
-        raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}, serve")
+def check_options(
+    task: str, setting: Setting, batch, seq, new_tokens, num_gpus, shard: str, optimizer: str, device: str
+) -> None:
+    """Every option of a plan of a known `task` at `setting`, each wrong one as one PlanOptionError."""
+    for name, value in (("batch", batch), ("seq", seq), ("new_tokens", new_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise PlanOptionError(f"{name} takes a whole number, not {value!r}")
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
     if batch > MAX_SWEEP_BATCH or seq > MAX_SWEEP_SEQ:  # the sweeps' own bounds; far past any GPU's memory
         raise PlanOptionError(
             f"--batch and --seq must be at most {MAX_SWEEP_BATCH:,} and {MAX_SWEEP_SEQ:,} (got batch {batch:,}, seq {seq:,})"
         )
+    if new_tokens < 0:
+        raise PlanOptionError(f"--new-tokens must be at least 0 (got {new_tokens})")
+    if new_tokens > MAX_SWEEP_SEQ:
+        raise PlanOptionError(f"--new-tokens must be at most {MAX_SWEEP_SEQ:,} (got {new_tokens:,})")
     if num_gpus != "auto" and not 1 <= num_gpus <= MAX_NUM_GPUS:
         raise PlanOptionError(f"--num-gpus must be from 1 to {MAX_NUM_GPUS:,}, or auto (got {num_gpus:,})")
     if shard not in SHARDS:
         raise PlanOptionError(f"unknown --shard {shard!r}; use one of {', '.join(SHARDS)}")
     if optimizer not in OPTIMIZERS:
         raise PlanOptionError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if device not in ("cuda", "cpu"):
+        raise PlanOptionError(f"device must be cuda (the GPU table) or cpu (this machine), not {device!r}")
+    if device == "cpu" and num_gpus == "auto":
+        raise PlanOptionError(
+            "--device cpu plans one rank on this machine: give --num-gpus N (the ranks of a gloo run), not auto"
+        )
     if task == "full" and setting.quantized:
         raise PlanOptionError(
             f"a full fine-tune cannot train {setting.name} weights (bitsandbytes weights are frozen); "
