@@ -264,6 +264,8 @@ def test_a_storage_resized_outside_dispatch_is_counted_and_resize_is_restored():
         assert tracker.breakdown_at(before, {"x": [x]}) == {"x": 400, "other": 0}
         assert tracker.breakdown_at_peak({"x": [x]}) == {"x": 800, "other": 0}
         assert tracker.kind_series({"x": [x]})["x"].tolist()[before:] == [400, 0, 800]
+        events = list(range(before, tracker.last_event + 1))
+        assert tracker.bytes_over_events([x], events) == [400, 0, 800]  # the same count, for these storages
     assert torch.UntypedStorage.resize_ is original and "resize_" not in vars(torch.UntypedStorage)
     x.untyped_storage().resize_(4)  # no tracker active: nothing is told
     assert tracker.current_bytes == 800

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import weakref
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
@@ -66,40 +66,41 @@ class HeldStorage:
 
 
 _ACTIVE: list[LiveBytesTracker] = []  # trackers inside their `with` block, told of storage resizes
-_STORAGE_RESIZE = None  # UntypedStorage.resize_ as torch defines it, while it is wrapped
-_OWN_RESIZE = [False]  # whether UntypedStorage defined resize_ itself (not inherited)
+# while wrapped: UntypedStorage.resize_ as torch has it, and whether the class itself defines it (else
+# it is inherited, and is inherited again once no tracker is active)
+_SAVED_RESIZE: tuple[Callable, bool] | None = None
 
 
 def _resize_seen(storage, size):
-    out = _STORAGE_RESIZE(storage, size)
+    out = _SAVED_RESIZE[0](storage, size)
     for tracker in tuple(_ACTIVE):
         tracker._storage_resized(storage)
     return out
 
 
 def _watch_storage_resizes(tracker: LiveBytesTracker) -> None:
-    global _STORAGE_RESIZE
+    global _SAVED_RESIZE
     import torch
 
-    if not _ACTIVE:
-        _STORAGE_RESIZE = torch.UntypedStorage.resize_
-        _OWN_RESIZE[0] = "resize_" in vars(torch.UntypedStorage)  # else inherited, and inherited again after
+    if _SAVED_RESIZE is None:
+        _SAVED_RESIZE = (torch.UntypedStorage.resize_, "resize_" in vars(torch.UntypedStorage))
         torch.UntypedStorage.resize_ = _resize_seen
     _ACTIVE.append(tracker)
 
 
 def _unwatch_storage_resizes(tracker: LiveBytesTracker) -> None:
-    global _STORAGE_RESIZE
+    global _SAVED_RESIZE
     import torch
 
     if tracker in _ACTIVE:
         _ACTIVE.remove(tracker)
-    if not _ACTIVE and _STORAGE_RESIZE is not None:
-        if _OWN_RESIZE[0]:
-            torch.UntypedStorage.resize_ = _STORAGE_RESIZE
+    if not _ACTIVE and _SAVED_RESIZE is not None:
+        resize, own = _SAVED_RESIZE
+        if own:
+            torch.UntypedStorage.resize_ = resize
         else:
             del torch.UntypedStorage.resize_
-        _STORAGE_RESIZE = None
+        _SAVED_RESIZE = None
 
 
 class LiveBytesTracker(TorchDispatchMode):
@@ -290,19 +291,26 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def bytes_over_events(self, tensors: Iterable, events: list[int]) -> list[int]:
         """Bytes of the storages of `tensors` (alive now) live at each of `events` (ascending), as
-        `breakdown_at` counts them at each: from the event that made each to the one that freed it."""
+        `breakdown_at` counts them at each: from the event that made each to the one that freed it,
+        at its size then. `kind_series` answers this for every event; this costs only these storages'
+        lives, as a simulated step's every region asks it."""
         records = {}
         for t in _tensors([tensors]):
             record = self._live.get(self.key_of(t))
             if record is not None:
                 records[id(record)] = record
+        resized: dict[int, int] = {}  # record -> bytes resized since it was born (its bytes then: now less these)
         delta = [0] * (len(events) + 1)
+        for at, record, change in self._resizes:
+            if id(record) in records:
+                resized[id(record)] = resized.get(id(record), 0) + change
+                delta[bisect.bisect_left(events, at)] += change
         for record in records.values():
             first = bisect.bisect_left(events, record.born)
             end = len(events) if record.died is None else bisect.bisect_left(events, record.died)
-            if first < end:
-                delta[first] += record.nbytes
-                delta[end] -= record.nbytes
+            born_bytes = record.nbytes - resized.get(id(record), 0)
+            delta[first] += born_bytes
+            delta[end] -= record.nbytes
         return list(accumulate(delta[: len(events)]))
 
     @property
