@@ -16,15 +16,10 @@ from memprof.settings import SETTINGS, Setting, parse_settings
 from memprof.units import human_bytes
 
 
-def gpu_tier_sizes_gb() -> tuple[int, ...]:
-    """The memory sizes users shop by (catalog `tier_gb`), smallest first: every size the table has."""
-    return tuple(sorted({g.tier_gb for g in catalog.gpus()}))
-
-
 def gpu_tiers() -> tuple[catalog.Gpu, ...]:
-    """The cards footprint checks: every catalog card, smallest size first (table order within a size)."""
-    cards = catalog.gpus()
-    return tuple(g for tier in gpu_tier_sizes_gb() for g in cards if g.tier_gb == tier)
+    """The cards footprint checks: every catalog card, by the memory size users shop by (`tier_gb`),
+    smallest first; table order within a size."""
+    return tuple(sorted(catalog.gpus(), key=lambda g: g.tier_gb))
 
 
 def _gpu_pick(true_bytes: int, cards: tuple[catalog.Gpu, ...]) -> dict:
@@ -100,7 +95,7 @@ def _notes(inventory: Inventory, model: ResolvedModel, settings: tuple[Setting, 
     cards = gpu_tiers()
     context = {g.context_bytes for g in cards}
     context_text = human_bytes(context.pop()) if len(context) == 1 else "a per-card amount"
-    sizes = "/".join(str(t) for t in gpu_tier_sizes_gb())
+    sizes = "/".join(str(t) for t in dict.fromkeys(g.tier_gb for g in cards))
     notes.append(
         f"Smallest GPU: of the cards ({', '.join(g.name for g in cards)}) whose memory, less the CUDA context "
         f"({context_text}, an estimate until measured), holds the weights alone (no activations, KV cache or "
