@@ -173,6 +173,17 @@ def inventory_for(model: ResolvedModel, *, trust_remote_code: bool = False) -> I
     return inv
 
 
+def check_known_model_type(model_type: str) -> None:
+    """One ConfigError line for a model_type the installed transformers does not know."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(
+            f"transformers {installed_transformers_version()} does not know model_type {model_type!r}; "
+            "check config.json's model_type (e.g. llama, mistral, qwen2, gemma2, phi3, bloom, gpt2)"
+        )
+
+
 def build_meta_model(config: dict, *, dtype: str = "float32", trust_remote_code: bool = False):
     """Instantiate the transformers causal-LM class for `config` on the meta device.
 
@@ -188,13 +199,7 @@ def build_meta_model(config: dict, *, dtype: str = "float32", trust_remote_code:
     model_type = values.pop("model_type")
     for key in _VOLATILE_CONFIG_KEYS:
         values.pop(key, None)
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if model_type not in CONFIG_MAPPING:
-        raise ConfigError(
-            f"transformers {installed_transformers_version()} does not know model_type {model_type!r}; "
-            "check config.json's model_type (e.g. llama, mistral, qwen2, gemma2, phi3, bloom, gpt2)"
-        )
+    check_known_model_type(model_type)
     try:
         hf_config = AutoConfig.for_model(model_type, **values)
     except Exception as exc:  # transformers validates with several exception types; all mean a bad config

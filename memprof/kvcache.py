@@ -88,15 +88,9 @@ def _kv_layout(config_json: str) -> KvLayout:
 
     config = json.loads(config_json)
     model_type = config.get("model_type", "unknown")
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from memprof.inventory import check_known_model_type
 
-    if model_type not in CONFIG_MAPPING:
-        from memprof.inventory import installed_transformers_version
-
-        raise ConfigError(
-            f"transformers {installed_transformers_version()} does not know model_type {model_type!r}; "
-            "check config.json's model_type (e.g. llama, mistral, qwen2, gemma2, phi3, bloom, gpt2)"
-        )
+    check_known_model_type(model_type)
     try:
         built = AutoConfig.for_model(**config)
         text = built.get_text_config(decoder=True)
