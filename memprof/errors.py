@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def short_message(exc: BaseException, limit: int = 200) -> str:
+    """First line of an exception's message (its cause's, if wrapped), cut to `limit` characters: a
+    library's error inside one memprof line."""
+    exc = exc.__cause__ or exc
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class MemprofError(Exception):
     """A user-facing error: the message says what was wrong and what would work."""
 

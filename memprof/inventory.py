@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from memprof.catalog import INVENTORIES_DIR, find_catalog_model
-from memprof.errors import ConfigError
+from memprof.errors import ConfigError, short_message
 from memprof.io import cache_dir, write_json_atomic
 from memprof.models import ResolvedModel
 
@@ -203,23 +203,18 @@ def build_meta_model(config: dict, *, dtype: str = "float32", trust_remote_code:
     try:
         hf_config = AutoConfig.for_model(model_type, **values)
     except Exception as exc:  # transformers validates with several exception types; all mean a bad config
-        raise ConfigError(f"config for model_type {model_type!r} is malformed: {_short(exc)}") from None
+        raise ConfigError(f"config for model_type {model_type!r} is malformed: {short_message(exc)}") from None
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(
                 hf_config, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
             )
     except ValueError as exc:
-        raise ConfigError(f"cannot build a causal LM for model_type {model_type!r}: {_short(exc)}") from None
+        raise ConfigError(f"cannot build a causal LM for model_type {model_type!r}: {short_message(exc)}") from None
     except (TypeError, AttributeError, RuntimeError) as exc:
-        raise ConfigError(f"config for model_type {model_type!r} does not build a model: {_short(exc)}") from None
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    """First line of an exception's message (its cause's, if wrapped), cut to `limit` characters."""
-    exc = exc.__cause__ or exc
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        raise ConfigError(
+            f"config for model_type {model_type!r} does not build a model: {short_message(exc)}"
+        ) from None
 
 
 def quantizable_linears(model) -> dict[str, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from memprof.errors import ConfigError
+from memprof.errors import ConfigError, short_message
 
 # Bytes per element of the cache dtypes plan accepts (--kv-dtype); fp8 is what serving engines
 # (vLLM's kv_cache_dtype="fp8") offer to halve a 16-bit cache.
@@ -96,8 +96,9 @@ def _kv_layout(config_json: str) -> KvLayout:
         text = built.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
     except Exception as exc:  # a config transformers cannot build has no layout to read
-        message = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ConfigError(f"cannot read the attention layout of this {model_type} config: {message}") from exc
+        raise ConfigError(
+            f"cannot read the attention layout of this {model_type} config: {short_message(exc)}"
+        ) from exc
     heads = getattr(text, "num_attention_heads", None)
     hidden = getattr(text, "hidden_size", None)
     kv_heads = getattr(text, "num_key_value_heads", None) or heads

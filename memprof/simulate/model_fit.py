@@ -8,7 +8,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field, replace
 
-from memprof.errors import MemprofError, SimulationError
+from memprof.errors import MemprofError, SimulationError, short_message
 from memprof.simulate.cache import _cache_key, _entries, _read_entry, _write_entry, user_entry_path
 from memprof.simulate.config import layer_count, layer_period, seq_ranges
 from memprof.simulate.fit import StepFit, _peak_error, check_point, extrapolate, fit, fit_points, prune_moments
@@ -208,7 +208,7 @@ def model_code_errors(spec: StepSpec, where: str):
     except MemprofError:
         raise
     except Exception as exc:  # noqa: BLE001  any library error: the user typed a config, not code
-        message = (str(exc).strip().splitlines() or [""])[0]
+        message = short_message(exc)
         raise SimulationError(
             f"the model's {spec.task} step failed on fake tensors ({where}): {type(exc).__name__}: {message} "
             "(this config may not run in transformers at this shape; try a shorter --seq or check config.json)"
