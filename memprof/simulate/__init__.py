@@ -56,8 +56,8 @@ The modules, in the order a simulation goes: spec (what is asked, what a simulat
 (layer count, depth, sequence ranges: torch-free), fake_model (the model on fake tensors, the path
 patches), recorder (tracker, FLOP counter, phases and regions), simulator (StepSimulator: one step
 at one depth), fit (the polynomials in (batch, seq) and the extrapolation in depth), cache (the disk
-cache, user and shipped), model_fit (simulate_model, the cached entry point) and sharded (rank 0 of
-the FSDP2 step).
+cache, user and shipped), model_fit (simulate_model, the cached entry point), workers (its steps
+side by side in forked processes) and sharded (rank 0 of the FSDP2 step).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from memprof.simulate.config import layer_count, layer_period, seq_ranges
 from memprof.simulate.fit import StepFit, _peak_error, check_point, extrapolate, fit, fit_points, prune_moments
 from memprof.simulate.simulator import StepSimulator
 from memprof.simulate.spec import CATEGORIES, Simulation, StepSpec
+from memprof.simulate.workers import run_in_processes, shares, step_processes
 
 
 @dataclass(frozen=True)
@@ -252,12 +253,31 @@ def simulate_model(
         runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in depths}
 
         def run_all(wanted) -> None:
-            for depth, simulator in simulators.items():
-                todo = [p for p in dict.fromkeys(wanted) if p not in runs[depth]]
-                for i, point in enumerate(todo, 1):
-                    say(f"simulating the step at {depth} layers, batch {point[0]} × seq {point[1]:,} ({i}/{len(todo)})")
-                    with model_code_errors(spec, f"at {depth} layers, batch {point[0]} × seq {point[1]:,}"):
-                        runs[depth][point] = simulator.run(*point)
+            wanted = list(dict.fromkeys(wanted))
+            # a point's steps at every depth together: they share one process's FakeTensor cache
+            groups = [[(d, p) for d in depths if p not in runs[d]] for p in wanted]
+            groups = [g for g in groups if g]
+            processes = min(step_processes(), len(groups))
+            here_total = len(shares(groups, processes)[0]) if groups else 0
+            elsewhere = sum(map(len, groups)) - here_total
+            done = 0
+
+            def run_one(job, here: bool) -> Simulation:
+                nonlocal done
+                depth, (b, s) = job
+                if here:
+                    done += 1
+                    others = "another process" if processes == 2 else f"{processes - 1} other processes"
+                    more = f"; {elsewhere} more in {others}" if elsewhere else ""
+                    say(f"simulating the step at {depth} layers, batch {b} × seq {s:,} ({done}/{here_total}{more})")
+                with model_code_errors(spec, f"at {depth} layers, batch {b} × seq {s:,}"):
+                    return simulators[depth].run(b, s)
+
+            results = run_in_processes(groups, run_one, processes=processes)
+            for d in depths:  # in the order one process would have run them: the cache entry's order
+                for p in wanted:
+                    if (d, p) in results:
+                        runs[d][p] = results[(d, p)]
 
         run_all((requested, *points, check))
         if batch == 1 and any(_batch1_differs(runs[d], points) for d in depths):
