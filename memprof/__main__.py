@@ -1,7 +1,5 @@
-import sys
-
-from memprof.cli import main
+from memprof.cli import run
 
 # Guarded: measurement processes (multiprocessing fork server) import the parent's __main__.
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -689,3 +689,18 @@ def test_a_damaged_plan_json_names_the_field(plan_with_a_new_card, tmp_path, cap
     assert main(["report", str(path)]) == 2
     err = one_line_error(capsys, "report")
     assert "not a valid memprof plan result: missing field 'gpus[1].max_batch'" in err
+
+
+def test_the_executable_flushes_its_output_runs_exit_handlers_and_keeps_its_exit_code():
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran'))\n"
+        "from memprof.cli import run\n"
+        "sys.argv = ['memprof', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+    ok = subprocess.run([sys.executable, "-c", script, "models", "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("exit handler ran")
+    assert '"hub_id"' in ok.stdout  # the whole table came through the pipe
+    bad = subprocess.run([sys.executable, "-c", script, "plan", "llama-3.1-8b", "--batch", "0"], capture_output=True)
+    assert bad.returncode == 2 and b"Traceback" not in bad.stderr
