@@ -613,3 +613,32 @@ def test_serve_defaults_to_the_models_positions_where_it_has_fewer():
     from memprof import plan_serving
 
     assert plan_serving("gpt2", gpus=("L4",)).context == 1024
+
+
+def test_the_sweep_search_finds_what_bisection_finds_asking_the_same_first_points_of_every_card():
+    from memprof.analyses.plan import _max_int
+
+    def bisect(ok, hi, lo=1):
+        if not ok(lo):
+            return lo - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+        return lo
+
+    asked: list[set[int]] = []
+    for lo, hi in ((1, 1 << 20), (1, 1), (5, 9), (64, 131072), (3, 100)):
+        for threshold in sorted({lo - 1, lo, lo + 1, hi - 1, hi, hi + 5, (lo + hi) // 3, lo + 37}):
+            seen: set[int] = set()
+
+            def ok(x, t=threshold, seen=seen):
+                seen.add(x)
+                return x <= t
+
+            assert (
+                _max_int(ok, hi, lo) == bisect(lambda x, t=threshold: x <= t, hi, lo) == max(lo - 1, min(hi, threshold))
+            )
+            if lo == 1 and hi == 1 << 20 and threshold >= 64:
+                asked.append(seen)
+    # cards whose answers differ still ask the same doubling points first (the plan caches them)
+    assert {1, 2, 4, 8, 16, 32, 64} <= set.intersection(*asked)

@@ -235,10 +235,15 @@ def plan(
             )
         return fits[seq_range]
 
+    totals: dict[tuple, int] = {}  # every card's sweep asks for the same first points (see _max_int)
+
     def total_at(b: int, s: int, n: int, model_fit=fitted) -> int:
         if (b, s) == (batch, seq):
             return breakdowns[n].total_bytes
-        return peak_breakdown(model_fit.at(b, s), contexts[n]).total_bytes
+        key = (b, s, n, model_fit.seq_range)
+        if key not in totals:
+            totals[key] = peak_breakdown(model_fit.at(b, s), contexts[n]).total_bytes
+        return totals[key]
 
     def max_seq_under(cap: int, n: int) -> int:
         best = 0
@@ -367,9 +372,18 @@ def plan(
 
 
 def _max_int(ok, hi: int, lo: int = 1) -> int:
-    """Largest x in [lo, hi] with ok(x) (ok monotone decreasing); lo - 1 if none."""
+    """Largest x in [lo, hi] with ok(x) (ok monotone decreasing); lo - 1 if none.
+
+    Doubling from lo, then halving the last step: the answer is the same as bisecting [lo, hi], but the
+    points asked for are lo + 2^k - 1 first, the same for every card's sweep, so a cache of the
+    function under `ok` answers most of them (a plan sweeps 11 cards twice)."""
     if not ok(lo):
         return lo - 1
+    step = 1
+    while lo + step <= hi and ok(lo + step):
+        lo += step
+        step *= 2
+    hi = min(hi, lo + step - 1)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ok(mid):
