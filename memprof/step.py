@@ -176,6 +176,14 @@ def train_step(model, optimizer, ids, *, precision: str = "pure", compute_dtype:
 
 def model_parts(model, optimizer=None) -> dict[str, list]:
     """The model's tensors by kind: frozen weights, quant state, trainable params, grads, optimizer states."""
+    return step_parts(model, optimizer)()
+
+
+def step_parts(model, optimizer=None):
+    """`model_parts` as a function of no arguments, for asking it many times within one step: the walk
+    of every tensor the model holds (weights, quant state, trainable params: the same tensors all
+    step) is done once, here; grads and optimizer states, which the step makes and frees, are read
+    at each call."""
     from memprof.tensors import held_tensors
 
     params = list(model.parameters())
@@ -184,15 +192,19 @@ def model_parts(model, optimizer=None) -> dict[str, list]:
     weight_ids = {id(p) for p in params} | {id(b) for b in model.buffers()}
     frozen = [p for p in params if id(p) not in trainable_ids] + list(model.buffers())
     quant_state = [t for t in held_tensors(model) if id(t) not in weight_ids]
-    grads = [p.grad for p in trainable if p.grad is not None]
-    states = []
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            states += [v for v in state.values() if hasattr(v, "untyped_storage")]  # step counters too
-    return {
-        "weights": frozen,
-        "quant_state": quant_state,
-        "trainable_params": trainable,
-        "grads": grads,
-        "optimizer_states": states,
-    }
+
+    def now() -> dict[str, list]:
+        grads = [p.grad for p in trainable if p.grad is not None]
+        states = []
+        if optimizer is not None:
+            for state in optimizer.state.values():
+                states += [v for v in state.values() if hasattr(v, "untyped_storage")]  # step counters too
+        return {
+            "weights": frozen,
+            "quant_state": quant_state,
+            "trainable_params": trainable,
+            "grads": grads,
+            "optimizer_states": states,
+        }
+
+    return now

@@ -9,10 +9,10 @@ import contextlib
 from memprof.simulate.spec import CATEGORIES, PhasePeak
 
 
-def _model_parts(model, optimizer=None) -> dict[str, list]:
-    from memprof.step import model_parts
+def _step_parts(model, optimizer=None):
+    from memprof.step import step_parts
 
-    return model_parts(model, optimizer)
+    return step_parts(model, optimizer)
 
 
 def _moment_tracker():

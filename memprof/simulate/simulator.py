@@ -10,7 +10,7 @@ import warnings
 from memprof.settings import get_setting
 from memprof.simulate.config import layer_period, with_layers
 from memprof.simulate.fake_model import _bitsandbytes_paths, _eager_mask_paths, build_step_model, make_optimizer
-from memprof.simulate.recorder import _model_parts, _moment_tracker, _PhaseRecorder, _Regions
+from memprof.simulate.recorder import _moment_tracker, _PhaseRecorder, _Regions, _step_parts
 from memprof.simulate.spec import Simulation, StepSpec
 from memprof.step import autocast as step_autocast
 from memprof.step import train_step
@@ -85,10 +85,11 @@ class StepSimulator:
                 if not self._warmed_up:
                     train_step(model, optimizer, ids, precision=self.spec.precision, compute_dtype=compute)
                     self._warmed_up = True
+                parts = _step_parts(model, optimizer)  # every region's breakdown asks for them
                 with _moment_tracker() as tracker:
-                    rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model, optimizer), "inputs": [ids]})
-                    tracker.track(*_model_parts(model, optimizer).values(), ids)
-                    held = {**_model_parts(model, optimizer), "inputs": [ids]}
+                    rec = _PhaseRecorder(tracker, lambda: {**parts(), "inputs": [ids]})
+                    tracker.track(*parts().values(), ids)
+                    held = {**parts(), "inputs": [ids]}
                     with rec.phase("zero_grad", held):  # the last moment the previous step's grads are live
                         optimizer.zero_grad(set_to_none=True)
                     held.clear()  # the grads are freed here, before the forward phase
@@ -106,9 +107,10 @@ class StepSimulator:
                 flops = tracker.flops
             elif self.spec.new_tokens == 0:
                 # the profiler's forward: no_grad, no cache, logits for every position
+                parts = _step_parts(model)
                 with _moment_tracker() as tracker:
-                    rec = _PhaseRecorder(tracker, lambda: {**_model_parts(model), "inputs": [ids]})
-                    tracker.track(*_model_parts(model).values(), ids)
+                    rec = _PhaseRecorder(tracker, lambda: {**parts(), "inputs": [ids]})
+                    tracker.track(*parts().values(), ids)
                     with (
                         _Regions(model, rec, layers=self.layers, period=self.period) as regions,
                         rec.phase(regions.first("forward")),
@@ -139,13 +141,14 @@ class StepSimulator:
             }
             return sum(storages.values())
 
+        parts = _step_parts(model)
         with _moment_tracker() as tracker:
             rec = _PhaseRecorder(
                 tracker,
-                lambda: {**_model_parts(model), "inputs": [ids], "kv_cache": _cache_tensors(state.get("cache"))},
+                lambda: {**parts(), "inputs": [ids], "kv_cache": _cache_tensors(state.get("cache"))},
                 kv_bytes=kv_bytes,
             )
-            tracker.track(*_model_parts(model).values(), ids)
+            tracker.track(*parts().values(), ids)
             with torch.no_grad(), _Regions(model, rec, layers=self.layers, period=self.period) as regions:
                 # the cache the model would create itself, made first so that its tensors are classified
                 # as KV cache in every region of the prefill
