@@ -4,12 +4,14 @@ for byte); a child that dies, fails or hangs costs time, not the answer."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 import pytest
 from conftest import tiny_config
 
+from memprof.errors import OptionError
 from memprof.simulate import StepSpec, simulate_model, workers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="steps run side by side only on Linux")
@@ -102,6 +104,12 @@ def test_how_many_processes(monkeypatch):
     assert workers.step_processes() == 1
     monkeypatch.setenv("MEMPROF_SIM_PROCESSES", "3")
     assert workers.step_processes() == 3
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("MEMPROF_SIM_PROCESSES", bad)
+        with pytest.raises(
+            OptionError, match=f"MEMPROF_SIM_PROCESSES wants a whole number of processes >= 1, not '{re.escape(bad)}'"
+        ):
+            workers.step_processes()
     monkeypatch.delenv("MEMPROF_SIM_PROCESSES")
     assert 1 <= workers.step_processes() <= min(workers.MAX_PROCESSES, len(os.sched_getaffinity(0)))
     monkeypatch.setattr(workers.sys, "platform", "darwin")  # no fork where the platform cannot take it

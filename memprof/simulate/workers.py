@@ -25,6 +25,8 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 
+from memprof.errors import OptionError
+
 # more processes than points gain nothing: a process runs at least one point at every depth
 MAX_PROCESSES = 8
 # a child still running this long after this process finished its own share (and at least
@@ -35,13 +37,18 @@ STUCK_FACTOR = 10
 
 def step_processes() -> int:
     """How many processes run a simulation's steps: MEMPROF_SIM_PROCESSES where set (a whole number
-    >= 1), else the CPUs this process may use (at most MAX_PROCESSES); 1 without a safe fork."""
+    >= 1, else OptionError), else the CPUs this process may use (at most MAX_PROCESSES); 1 without a
+    safe fork."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return 1
     wanted = os.environ.get("MEMPROF_SIM_PROCESSES", "").strip()
     if wanted:
-        with contextlib.suppress(ValueError):
-            return max(1, int(wanted))
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise OptionError(
+                f"MEMPROF_SIM_PROCESSES wants a whole number of processes >= 1, not {wanted!r} "
+                "(1 runs every simulated step in this process; unset, one per CPU)"
+            )
+        return int(wanted)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cpus, MAX_PROCESSES))
 
