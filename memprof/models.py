@@ -133,7 +133,9 @@ def _close_names(name: str) -> list[str]:
 
 def resolve_model(model: str | None = None, *, allow_download: bool = False) -> ResolvedModel:
     """Find MODEL's config. Order: existing path, catalog, local HF cache, then (if allowed) the hub."""
-    name = model or catalog.default_model()
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise UnknownModelError(f"a model is a catalog name, a hub id or a path, not {model!r}")
+    name = os.fspath(model) if model else catalog.default_model()
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir():

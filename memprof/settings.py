@@ -88,6 +88,8 @@ DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "floa
 
 def parse_dtype(text: str) -> str:
     """'bf16' or 'bfloat16' -> 'bfloat16'."""
+    if not isinstance(text, str):
+        raise SettingError(f"a dtype is a name, one of fp32, fp16, bf16, not {text!r}")
     dtype = DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
     if dtype not in FLOAT_DTYPES:
         raise SettingError(f"unknown dtype {text!r}; use one of fp32, fp16, bf16")
@@ -95,6 +97,8 @@ def parse_dtype(text: str) -> str:
 
 
 def get_setting(name: str) -> Setting:
+    if not isinstance(name, str):
+        raise SettingError(f"a setting is a name, one of {', '.join(SETTINGS)}, not {name!r}")
     try:
         return SETTINGS[name.strip().lower()]
     except KeyError:

@@ -476,7 +476,14 @@ def test_num_gpus_auto_is_the_fewest_cards_whose_shards_fit_by_the_same_division
     model_dir = str(model_dir)
     per_gpu = {
         n: plan(
-            model_dir, task="lora", batch=2, seq=16, gpus=("H100",), num_gpus=n, shard="fsdp", simulate_sharding=False
+            model_dir,
+            task="lora",
+            batch=2,
+            seq=16,
+            gpus=("H100",),
+            num_gpus=n,
+            shard="fsdp" if n > 1 else "none",  # one GPU is not sharded (plan refuses --shard there)
+            simulate_sharding=False,
         ).breakdown
         for n in (1, 2, 4)
     }

@@ -10,6 +10,7 @@ from memprof.errors import OptionError
 from memprof.inventory import Inventory, installed_transformers_version, inventory_for
 from memprof.measure.load import MeasuredLoad
 from memprof.models import ResolvedModel, resolve_model
+from memprof.options import switch, text
 from memprof.predict import SettingPrediction, predict_setting
 from memprof.results.footprint import FootprintReport, SettingFootprint
 from memprof.settings import SETTINGS, Setting, parse_settings
@@ -129,6 +130,10 @@ def footprint(
     the measured `get_memory_footprint()` and true bytes are compared with the prediction.
     `device` (default cpu) applies only with `measure=True`: the prediction loads nothing.
     """
+    measure = switch(measure, "measure")
+    allow_download = switch(allow_download, "allow_download")
+    trust_remote_code = switch(trust_remote_code, "trust_remote_code")
+    device = text(device, "device", unset=True)
     if device is not None and not measure:
         raise OptionError(
             f"--device {device} only applies with --measure (the prediction loads nothing): "
@@ -136,7 +141,8 @@ def footprint(
         )
     device = device or "cpu"
     resolved = resolve_model(model, allow_download=allow_download)
-    chosen = settings if isinstance(settings, tuple) else parse_settings(settings, dtype=dtype)
+    given = isinstance(settings, tuple) and settings and all(isinstance(s, Setting) for s in settings)
+    chosen = settings if given else parse_settings(settings, dtype=dtype)
     inventory = inventory_for(resolved, trust_remote_code=trust_remote_code)
     fp32_true = predict_setting(inventory, SETTINGS["fp32"]).true_bytes
     tiers = gpu_tiers()

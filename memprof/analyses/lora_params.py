@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Sequence
 from importlib import metadata
 
-from memprof.errors import LoraConfigError
+from memprof.errors import LoraConfigError, OptionError
 from memprof.inventory import Inventory, inventory_for
 from memprof.lora.count import Counted, _count_from_inventory, _count_with_peft, fast_path_proven
 from memprof.lora.options import (
@@ -28,7 +29,7 @@ from memprof.lora.options import (
     parse_ranks,
 )
 from memprof.models import resolve_model
-from memprof.options import name_list
+from memprof.options import name_list, switch
 from memprof.predict import kbit_training_cast, predict_setting
 from memprof.results.lora import (
     AdapterBytes,
@@ -260,19 +261,22 @@ def lora_params(
     for the architecture. `setting` (e.g. "nf4-dq") adds the base weights at that load setting.
     `method="peft"` always applies peft (slower); "auto" uses the inventory where it is proven equal.
     """
-    if isinstance(r, bool) or not isinstance(r, int):
+    if isinstance(r, bool) or not hasattr(type(r), "__index__"):
         raise LoraConfigError(f"rank must be a positive integer, not {r!r}")
-    r = parse_rank(r)
+    r = parse_rank(operator.index(r))
+    dora = switch(dora, "dora", error=LoraConfigError)
+    allow_download = switch(allow_download, "allow_download")
+    trust_remote_code = switch(trust_remote_code, "trust_remote_code")
     alpha_given = alpha is not None
     lora_alpha = parse_alpha(alpha) if alpha_given else 2 * r
     dropout = parse_dropout(dropout)
     if bias not in BIAS_MODES:
         raise LoraConfigError(f"unknown bias mode {bias!r}; use one of {', '.join(BIAS_MODES)}")
     if method not in ("auto", "peft"):
-        raise ValueError(f"method must be 'auto' or 'peft', not {method!r}")
-    chosen = get_setting(setting) if isinstance(setting, str) else setting
-    target_names = name_list(target)
-    saved_names = name_list(modules_to_save)
+        raise OptionError(f"method must be 'auto' (the inventory where proven equal) or 'peft', not {method!r}")
+    chosen = setting if isinstance(setting, Setting) or setting is None else get_setting(setting)
+    target_names = name_list(target, option="target", error=LoraConfigError)
+    saved_names = name_list(modules_to_save, option="modules_to_save", error=LoraConfigError)
 
     resolved = resolve_model(model, allow_download=allow_download)
     inventory = None

@@ -17,6 +17,7 @@ from memprof.errors import OptionError
 from memprof.inventory import inventory_for
 from memprof.kvcache import KV_DTYPE_BYTES, kv_layout, parse_kv_dtype
 from memprof.models import resolve_model
+from memprof.options import name_list, path, switch, text, whole_number
 from memprof.predict import predict_setting
 from memprof.results.serve import ServeGpu, ServePlan
 from memprof.settings import get_setting
@@ -66,8 +67,21 @@ def plan_serving(
     from memprof.simulate import max_positions
 
     chosen = get_setting(setting or "bf16")
-    if context is not None and (not isinstance(context, int) or isinstance(context, bool)):
+    if context is not None and (isinstance(context, bool) or not hasattr(type(context), "__index__")):
         raise ServeOptionError(f"--context takes a number of tokens, not {context!r}")
+    context = None if context is None else int(context)
+    prefill_chunk = whole_number(prefill_chunk, "prefill_chunk", error=ServeOptionError)
+    kv_dtype = text(kv_dtype, "kv_dtype", error=ServeOptionError, unset=True)
+    gpus = name_list(gpus, option="gpus", error=ServeOptionError) or None
+    gpu_file = path(gpu_file, "gpu_file", error=ServeOptionError, unset=True)
+    allow_download, trust_remote_code, use_cache = (
+        switch(v, n, error=ServeOptionError)
+        for v, n in (
+            (allow_download, "allow_download"),
+            (trust_remote_code, "trust_remote_code"),
+            (use_cache, "use_cache"),
+        )
+    )
     if context is not None and context < 1:
         raise ServeOptionError(f"--context must be at least 1 token (got {context})")
     if prefill_chunk < 1:

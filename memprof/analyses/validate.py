@@ -182,14 +182,12 @@ def validate(
                 setting=TASK_MAP[task].setting,
                 batch=batch,
                 seq=seq,
-                new_tokens=0,
-                lora_r=lora_r,
-                lora_alpha=lora_alpha,
-                target=target,
                 device=device,
                 allow_download=allow_download,
                 trust_remote_code=trust_remote_code,
                 **({"num_gpus": nproc, "shard": shard} if distributed else {}),
+                # the LoRA options for the steps that train LoRA (plan refuses them elsewhere)
+                **({"lora_r": lora_r, "lora_alpha": lora_alpha, "target": target} if task in ("lora", "qlora") else {}),
             )
 
     # -- measurements: one profile call per (train mode, seq), every setting it needs ------------

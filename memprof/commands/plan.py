@@ -58,12 +58,6 @@ _OPTION_FLAGS = {
     "device": "--device",
 }
 _SERVE_FLAGS = ("--setting", "--context", "--kv-dtype", "--prefill-chunk")
-# options of some step tasks only: (flags, the tasks that use them)
-_TASK_FLAGS = (
-    (("--new-tokens",), ("infer",)),
-    (("--lora-r", "--lora-alpha", "--target"), ("lora", "qlora")),
-    (("--optimizer", "--grad-checkpointing"), ("lora", "qlora", "full")),
-)
 
 
 class PlanCommand:
@@ -150,16 +144,7 @@ class PlanCommand:
         extra = [f for f in given if f in _SERVE_FLAGS[1:]]
         if extra:
             raise PlanOptionError(f"{', '.join(extra)}: for --task serve only")
-        for flags, tasks in _TASK_FLAGS:
-            extra = [f for f in given if f in flags]
-            if extra and args.task not in tasks:
-                raise PlanOptionError(
-                    f"{', '.join(extra)}: not used by --task {args.task} (for --task {' or '.join(tasks)})"
-                )
-        if args.shard != "none" and args.num_gpus == 1:
-            raise PlanOptionError(
-                f"--shard {args.shard} divides over several GPUs: give --num-gpus N (2 or more) or auto"
-            )
+        # the step tasks' own options: plan() checks them (plan.options.check_applicable)
 
     def run(self, args: argparse.Namespace, console: Console) -> int:
         output_format(args)  # a --json/--format contradiction is one line before any work

@@ -202,7 +202,7 @@ def peft_target_modules(inventory: Inventory, target: str | Sequence[str] | None
     nothing for peft's own default; returns a list of names, "all-linear", or None. The profiler and
     the planner use this, so every command accepts the same --target as lora-params.
     """
-    names = name_list(target)
+    names = name_list(target, option="target", error=LoraConfigError)
     linears = [path for path, _, _ in _inventory_linears(inventory)]
     if not names:
         if inventory.model_type in PEFT_DEFAULT_TARGETS and PEFT_DEFAULT_TARGETS[inventory.model_type] is None:

@@ -51,6 +51,7 @@ from memprof.analyses.plan.options import (
     MAX_SWEEP_BATCH,
     MAX_SWEEP_SEQ,
     SHARDS,
+    check_applicable,
     check_options,
     check_positions,
     cpu_as_gpu,
@@ -61,7 +62,7 @@ from memprof.errors import PlanOptionError
 from memprof.inventory import inventory_for
 from memprof.lora.options import parse_alpha, parse_rank, peft_target_modules
 from memprof.models import resolve_model
-from memprof.options import name_list
+from memprof.options import name_list, path, switch, whole_number
 from memprof.results.plan import GpuPlan, PlanReport
 from memprof.settings import get_setting
 from memprof.simulate import TASKS, StepSpec, max_positions, seq_ranges, simulate_model
@@ -120,16 +121,47 @@ def plan(
         raise PlanOptionError("task serve is its own function: memprof.plan_serving(model, context=...)")
     if task not in TASKS:  # before the task's default setting is looked up
         raise PlanOptionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}, serve")
-    gpus = name_list(gpus) or None  # "h100,l4" as the command line takes it, or a sequence of names
+    # "h100,l4" as the command line takes it, or a sequence of names
+    gpus = name_list(gpus, option="gpus", error=PlanOptionError) or None
     chosen_setting = get_setting(setting or ("nf4-dq" if task == "qlora" else "bf16"))
+    batch, seq, new_tokens = (
+        whole_number(v, n, error=PlanOptionError)
+        for v, n in ((batch, "batch"), (seq, "seq"), (new_tokens, "new_tokens"))
+    )
+    grad_checkpointing = switch(grad_checkpointing, "grad_checkpointing", error=PlanOptionError, unset=True)
+    allow_download, trust_remote_code, use_cache, simulate_sharding = (
+        switch(v, n, error=PlanOptionError)
+        for v, n in (
+            (allow_download, "allow_download"),
+            (trust_remote_code, "trust_remote_code"),
+            (use_cache, "use_cache"),
+            (simulate_sharding, "simulate_sharding"),
+        )
+    )
+    gpu_file = path(gpu_file, "gpu_file", error=PlanOptionError, unset=True)
     auto = num_gpus == "auto"
     if auto and shard not in ("zero2", "zero3", "fsdp"):
         raise PlanOptionError(
             f"--num-gpus auto finds the fewest GPUs whose shards fit: give --shard zero2, zero3 or fsdp "
             f"({'ddp' if shard == 'ddp' else 'without --shard, every GPU'} holds everything, so more GPUs never help)"
         )
-    if not auto and not (isinstance(num_gpus, int) and not isinstance(num_gpus, bool)):
-        raise PlanOptionError(f"--num-gpus takes a number of GPUs or auto, not {num_gpus!r}")
+    if not auto:
+        if isinstance(num_gpus, bool) or not hasattr(type(num_gpus), "__index__"):
+            raise PlanOptionError(f"--num-gpus takes a number of GPUs or auto, not {num_gpus!r}")
+        num_gpus = int(num_gpus)
+    given = [
+        flag
+        for flag, changed in (
+            ("--new-tokens", new_tokens != 0),
+            ("--lora-r", lora_r != DEFAULT_LORA_R),
+            ("--lora-alpha", lora_alpha is not None),
+            ("--target", bool(name_list(target, option="target", error=PlanOptionError))),
+            ("--optimizer", optimizer != "adamw"),
+            ("--grad-checkpointing", grad_checkpointing is not None),
+        )
+        if changed
+    ]
+    check_applicable(task, given, num_gpus=num_gpus, shard=shard)
     if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
     check_options(task, chosen_setting, batch, seq, new_tokens, num_gpus, shard, optimizer, device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from memprof import catalog
 from memprof.errors import PlanOptionError
 from memprof.io import host_memory_bytes
@@ -55,10 +57,8 @@ def margin_bytes(memory_bytes: int, device: str = "cuda") -> int:
 def check_options(
     task: str, setting: Setting, batch, seq, new_tokens, num_gpus, shard: str, optimizer: str, device: str
 ) -> None:
-    """Every option of a plan of a known `task` at `setting`, each wrong one as one PlanOptionError."""
-    for name, value in (("batch", batch), ("seq", seq), ("new_tokens", new_tokens)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise PlanOptionError(f"{name} takes a whole number, not {value!r}")
+    """Every option of a plan of a known `task` at `setting`, each wrong one as one PlanOptionError
+    (batch, seq and new_tokens are ints here: plan() took them as whole numbers)."""
     if batch < 1 or seq < 1:
         raise PlanOptionError(f"--batch and --seq must be at least 1 (got batch {batch}, seq {seq})")
     if batch > MAX_SWEEP_BATCH or seq > MAX_SWEEP_SEQ:  # the sweeps' own bounds; far past any GPU's memory
@@ -89,6 +89,27 @@ def check_options(
     if task == "qlora" and not setting.quantized:
         quantized = ", ".join(s.name for s in SETTINGS.values() if s.quantized)
         raise PlanOptionError(f"--task qlora needs a quantized setting ({quantized}), not {setting.name}")
+
+
+# options some step tasks use and others do not: (flags, the tasks that use them); the setting, the
+# GPUs, sharding and the device apply to every task
+TASK_OPTIONS = (
+    (("--new-tokens",), ("infer",)),
+    (("--lora-r", "--lora-alpha", "--target"), ("lora", "qlora")),
+    (("--optimizer", "--grad-checkpointing"), ("lora", "qlora", "full")),
+)
+
+
+def check_applicable(task: str, given: Iterable[str], *, num_gpus, shard: str) -> None:
+    """An option the task does not use is one PlanOptionError line, not silently ignored: `given` are
+    the flags (TASK_OPTIONS) whose value is not the default. So is a sharding of one GPU."""
+    given = list(given)
+    for flags, tasks in TASK_OPTIONS:
+        extra = [f for f in given if f in flags]
+        if extra and task not in tasks:
+            raise PlanOptionError(f"{', '.join(extra)}: not used by --task {task} (for --task {' or '.join(tasks)})")
+    if shard in SHARDS and shard != "none" and num_gpus == 1:  # an unknown one: check_options says so
+        raise PlanOptionError(f"--shard {shard} divides over several GPUs: give --num-gpus N (2 or more) or auto")
 
 
 def check_positions(task: str, seq: int, new_tokens: int, limit: int | None) -> None:
