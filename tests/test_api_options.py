@@ -5,9 +5,11 @@ count as whole numbers; an option the task does not use is refused, not ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 import memprof
 from memprof.cli import main
@@ -64,6 +66,7 @@ def test_a_wrong_value_from_python_is_one_memprof_error_naming_the_option(call, 
         ({"task": "infer", "grad_checkpointing": False}, "--grad-checkpointing: not used by --task infer"),
         ({"task": "full", "lora_r": 16, "target": "q_proj"}, "--lora-r, --target: not used by --task full"),
         ({"shard": "fsdp"}, "--shard fsdp divides over several GPUs: give --num-gpus N (2 or more) or auto"),
+        ({"device": "cpu", "gpus": "h100"}, "--gpus: not used by --device cpu, which plans this machine's memory"),
     ],
 )
 def test_an_option_the_task_does_not_use_is_refused_from_python_as_from_the_command_line(options, said, capsys):
@@ -89,3 +92,13 @@ def test_numpy_integers_are_whole_numbers_and_give_the_plan_an_int_gives():
     assert dataclasses.asdict(by_numpy) == dataclasses.asdict(by_int)
     counted = memprof.lora_params(MODEL, r=np.int64(32))
     assert counted == memprof.lora_params(MODEL, r=32)
+
+
+def test_data_parallel_inference_is_the_single_gpu_step_without_gradient_buckets(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config("llama")))
+    one = memprof.plan(str(tmp_path), task="infer", batch=2, seq=16, gpus="h100")
+    two = memprof.plan(str(tmp_path), task="infer", batch=2, seq=16, gpus="h100", num_gpus=2)
+    assert two.breakdown == one.breakdown and two.shard == "ddp"
+    notes = " ".join(two.notes + two.details)
+    assert "inference keeps no gradient buckets" in notes
+    assert "plus DDP's gradient buckets" not in notes and "Per GPU (ddp)" not in notes

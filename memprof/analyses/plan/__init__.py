@@ -158,10 +158,12 @@ def plan(
             ("--target", bool(name_list(target, option="target", error=PlanOptionError))),
             ("--optimizer", optimizer != "adamw"),
             ("--grad-checkpointing", grad_checkpointing is not None),
+            ("--gpus", gpus is not None),
+            ("--gpu-file", gpu_file is not None),
         )
         if changed
     ]
-    check_applicable(task, given, num_gpus=num_gpus, shard=shard)
+    check_applicable(task, given, num_gpus=num_gpus, shard=shard, device=device)
     if shard == "none" and not auto and num_gpus > 1:
         shard = "ddp"
     check_options(task, chosen_setting, batch, seq, new_tokens, num_gpus, shard, optimizer, device)
@@ -382,7 +384,7 @@ def plan(
         gpus=tuple(rows),
         cheapest=cheapest,
         num_gpus_auto=auto,
-        notes=short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows)
+        notes=short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows, task)
         + ((sharding_note(sharded, task, chosen_setting, shard, optimizer, auto),) if sharded else ()),
         details=detail_notes(
             task,

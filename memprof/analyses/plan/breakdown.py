@@ -97,11 +97,12 @@ def phase_breakdown(phase: PhasePeak, ctx: PlanContext, tokens: int) -> Breakdow
 
 
 def sharding_source(task: str, setting: Setting, num_gpus, shard: str, simulate: bool, optimizer: str = "adamw") -> str:
-    """Where the per-GPU breakdown at the planned point comes from: "" (one GPU), "ddp" (the single
-    step + buckets, as measured), "simulated" (the sharded step on fake tensors) or "division"."""
+    """Where the per-GPU breakdown at the planned point comes from: "" (the single-GPU step as it is:
+    one GPU, or data-parallel inference), "ddp" (the single step + buckets, as measured), "simulated"
+    (the sharded step on fake tensors) or "division"."""
     if num_gpus == "auto":
         return "division"
-    if num_gpus == 1:
+    if num_gpus == 1 or (shard == "ddp" and task == "infer"):  # inference keeps no gradient buckets
         return ""
     if shard == "ddp":
         return "ddp"

@@ -56,7 +56,7 @@ def from_fit_note(fitted) -> tuple[str, ...]:
     )
 
 
-def short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
+def short_notes(device, fit_error, num_gpus, shard, rows, task: str = "lora") -> tuple[str, ...]:
     """The assumptions a reader needs to act on the table, a line or two each."""
     if device == "cpu":
         notes = [
@@ -74,16 +74,18 @@ def short_notes(device, fit_error, num_gpus, shard, rows) -> tuple[str, ...]:
         notes.append("offload: fits only with the shortfall of weights and optimizer states offloaded to the CPU.")
     if num_gpus == "auto":
         counts = ", ".join(map(str, AUTO_GPU_COUNTS[:5])) + f", ... {AUTO_GPU_COUNTS[-1]}"
-        notes.append(f"GPUs: the fewest of {counts} that fit with the margin. {shard_what(shard)}; $/h for all.")
+        notes.append(f"GPUs: the fewest of {counts} that fit with the margin. {shard_what(shard, task)}; $/h for all.")
     elif num_gpus > 1:
-        notes.append(f"{shard_what(shard)}; cost is for all the cards.")
+        notes.append(f"{shard_what(shard, task)}; cost is for all the cards.")
     large = [r.name for r in rows if r.memory_bytes > 0 and fit_error > FIT_ERROR_NOTE_FRACTION * r.memory_bytes]
     if large:
         notes.append(f"max batch/seq are approximate for {', '.join(large)} (fit error {fit_error:,} bytes).")
     return tuple(notes)
 
 
-def shard_what(shard: str) -> str:
+def shard_what(shard: str, task: str = "lora") -> str:
+    if shard == "ddp" and task == "infer":
+        return "data parallel: every GPU holds the whole model (inference keeps no gradient buckets)"
     return {
         "ddp": "ddp divides nothing (every GPU holds everything, plus DDP's gradient buckets)",
         "zero2": "zero2 divides grads and optimizer states",
@@ -174,7 +176,7 @@ def detail_notes(
     if num_gpus == "auto" or num_gpus > 1:
         cards = "each row's GPUs" if num_gpus == "auto" else f"{num_gpus} GPUs"
         notes.append(
-            f"{cards}, {shard_what(shard)}; activations, inputs and KV cache are per GPU. Cost is for all "
+            f"{cards}, {shard_what(shard, task)}; activations, inputs and KV cache are per GPU. Cost is for all "
             "the cards; tokens per step count every GPU's batch. The bar shows the starred card's count."
         )
     if limit is None:

@@ -100,10 +100,17 @@ TASK_OPTIONS = (
 )
 
 
-def check_applicable(task: str, given: Iterable[str], *, num_gpus, shard: str) -> None:
+def check_applicable(task: str, given: Iterable[str], *, num_gpus, shard: str, device: str = "cuda") -> None:
     """An option the task does not use is one PlanOptionError line, not silently ignored: `given` are
-    the flags (TASK_OPTIONS) whose value is not the default. So is a sharding of one GPU."""
+    the flags (TASK_OPTIONS, and --gpus / --gpu-file) whose value is not the default. So is a sharding
+    of one GPU, and a choice of cards when this machine is planned (--device cpu)."""
     given = list(given)
+    cards = [f for f in given if f in ("--gpus", "--gpu-file")]
+    if device == "cpu" and cards:
+        raise PlanOptionError(
+            f"{', '.join(cards)}: not used by --device cpu, which plans this machine's memory; "
+            "drop them, or plan the cards with --device cuda"
+        )
     for flags, tasks in TASK_OPTIONS:
         extra = [f for f in given if f in flags]
         if extra and task not in tasks:
