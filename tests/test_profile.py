@@ -401,7 +401,12 @@ def _report_cli(tmp_path, capsys, content: bytes | str) -> tuple[int, str]:
         ('{"model": "m", "r": 8, "trainable_params": 3584}', 'it has no "kind"'),
         ('{"kind": "memprof.lora-params"}', "not a valid memprof lora-params result: missing fields 'model', 'r'"),
         ('{"kind": "memprof.plan"}', "not a valid memprof plan result: missing fields 'model'"),
-        ('{"kind": "memprof.nothing"}', "is not a memprof profile, footprint, validate, plan, lora-params or compare"),
+        (
+            '{"kind": "memprof.nothing"}',
+            "is not a memprof result of a kind it knows (profile, footprint, validate, plan",
+        ),
+        ('{"kind": "memprof.nothing"}', '`memprof plan --task serve --json --out` ("kind": "memprof.serve-plan")'),
+        ('{"kind": "memprof.serve-plan"}', "not a valid memprof plan --task serve result: missing fields"),
     ],
 )
 def test_report_of_a_file_that_is_not_a_result_is_one_line_in_words_and_exit_2(tmp_path, capsys, content, message):

@@ -20,44 +20,22 @@ from memprof.results.validate import VALIDATE_KIND, ValidationReport
 
 
 def load_result(path: Path):
-    """A saved `memprof profile`, `memprof footprint --json`, `memprof validate --save`, `memprof plan
-    --json` or `memprof lora-params --json` result, told apart by its "kind"."""
+    """A saved `memprof profile`, `footprint --json`, `validate --save`, `plan --json` (serve too),
+    `lora-params --json` or `compare --json` result, told apart by its "kind" (KINDS)."""
     path = Path(path)
     data = read_result_json(path)
     kind = data.get("kind")
-    decoded = {PLAN_KIND: ("plan", PlanReport), LORA_KIND: ("lora-params", LoraReport)}
-    decoded[LORA_SWEEP_KIND] = ("lora-params --sweep", LoraSweep)
-    decoded[COMPARE_KIND] = ("compare", ProfileComparison)
-    decoded[SERVE_KIND] = ("plan --task serve", ServePlan)
-    if kind in decoded:
-        command, cls = decoded[kind]
+    if kind in KINDS:
+        name, _, decode = KINDS[kind]
         try:
-            return dataclass_from_json(cls, data)
+            return decode(data)
         except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof {command} result: {exc}") from None
-    if kind == RESULT_KIND:
-        try:
-            return ProfileReport.from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof profile result: {exc}") from None
-    if kind == FOOTPRINT_KIND:
-        try:
-            return _footprint_from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof footprint result: {exc}") from None
-    if kind == VALIDATE_KIND:
-        try:
-            return ValidationReport.from_json(data)
-        except ResultFileError as exc:
-            raise ResultFileError(f"{path} is not a valid memprof validate result: {exc}") from None
+            raise ResultFileError(f"{path} is not a valid memprof {name} result: {exc}") from None
+    names = ", ".join(dict.fromkeys(name.split(" ")[0] for name, _, _ in KINDS.values()))
+    saved_by = ", ".join(f'`memprof {command}` ("kind": "{k}")' for k, (_, command, _) in KINDS.items())
     raise ResultFileError(
-        f"{path} is not a memprof profile, footprint, validate, plan, lora-params or compare result "
-        f"({_kind_text(data)}); "
-        f'FILE must be saved by `memprof profile` ("kind": "{RESULT_KIND}"), '
-        f'`memprof footprint --json --out` ("kind": "{FOOTPRINT_KIND}"), '
-        f'`memprof validate --save` ("kind": "{VALIDATE_KIND}"), `memprof plan --json --out` ("kind": "{PLAN_KIND}"), '
-        f'`memprof lora-params --json --out` ("kind": "{LORA_KIND}" or "{LORA_SWEEP_KIND}") '
-        f'or `memprof compare --json --out` ("kind": "{COMPARE_KIND}")'
+        f"{path} is not a memprof result of a kind it knows ({names}; {_kind_text(data)}); "
+        f"FILE must be saved by one of {saved_by}"
     )
 
 
@@ -77,3 +55,25 @@ def _footprint_from_json(data: dict):
 
 
 __all__ = ["dataclass_from_json", "fields_from_json", "load_result", "read_result_json"]
+
+
+# kind -> (what the result is, the command that saves it, its decoder): one line per kind, so
+# load_result's error lists every kind there is
+KINDS = {
+    RESULT_KIND: ("profile", "profile", ProfileReport.from_json),
+    FOOTPRINT_KIND: ("footprint", "footprint --json --out", _footprint_from_json),
+    VALIDATE_KIND: ("validate", "validate --save", ValidationReport.from_json),
+    PLAN_KIND: ("plan", "plan --json --out", lambda data: dataclass_from_json(PlanReport, data)),
+    SERVE_KIND: (
+        "plan --task serve",
+        "plan --task serve --json --out",
+        lambda data: dataclass_from_json(ServePlan, data),
+    ),
+    LORA_KIND: ("lora-params", "lora-params --json --out", lambda data: dataclass_from_json(LoraReport, data)),
+    LORA_SWEEP_KIND: (
+        "lora-params --sweep",
+        "lora-params --sweep ... --json --out",
+        lambda data: dataclass_from_json(LoraSweep, data),
+    ),
+    COMPARE_KIND: ("compare", "compare --json --out", lambda data: dataclass_from_json(ProfileComparison, data)),
+}
