@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memprof: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`| true`, a closed pager): nothing more to say, and nowhere to say it;
+        # stdout points at /dev/null so that the final flush does not fail again (Python's docs, "SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def run() -> NoReturn:

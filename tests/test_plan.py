@@ -535,7 +535,7 @@ def test_mixed_precision_plan_equals_the_measured_profile_peak_on_cpu(model_dir,
 def test_progress_says_what_is_simulated_and_nothing_from_the_cache(model_dir):
     said: list[str] = []
     plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",), on_progress=said.append)
-    assert any("simulating the step at 2 layers, batch 2 × seq 16" in m for m in said)
+    assert any("simulating 2 layers, batch 2 × seq 16" in m for m in said)
     again: list[str] = []
     plan(model_dir, task="lora", batch=2, seq=16, gpus=("H100",), on_progress=again.append)
     assert again == []  # answered by the cache

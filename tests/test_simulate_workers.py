@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import sys
 import time
 
@@ -36,7 +38,7 @@ def test_steps_in_two_processes_equal_steps_in_one_byte_for_byte(spec, batch, tm
         answers[processes] = (fitted, _cache_files(tmp_path / processes))
     one, two = answers["1"], answers["2"]
     assert fitted.simulated_layers == (2, 3)
-    assert any("more in another process" in m for m in said)  # the second really ran side by side
+    assert any(" in parallel)" in m for m in said)  # the second really ran side by side
     assert two[1] == one[1] and two[1]  # the same cache entries, byte for byte
     assert two[0].direct == one[0].direct and two[0].fit_error_bytes == one[0].fit_error_bytes
 
@@ -104,7 +106,7 @@ def test_how_many_processes(monkeypatch):
     assert workers.step_processes() == 1
     monkeypatch.setenv("MEMPROF_SIM_PROCESSES", "3")
     assert workers.step_processes() == 3
-    for bad in ("0", "-2", "two", "1.5"):
+    for bad in ("0", "-2", "two", "1.5", "²"):
         monkeypatch.setenv("MEMPROF_SIM_PROCESSES", bad)
         with pytest.raises(
             OptionError, match=f"MEMPROF_SIM_PROCESSES wants a whole number of processes >= 1, not '{re.escape(bad)}'"
@@ -115,3 +117,35 @@ def test_how_many_processes(monkeypatch):
     monkeypatch.setattr(workers.sys, "platform", "darwin")  # no fork where the platform cannot take it
     monkeypatch.setenv("MEMPROF_SIM_PROCESSES", "4")
     assert workers.step_processes() == 1
+
+
+def test_a_child_does_not_outlive_its_parent(tmp_path):
+    """SIGTERM (or SIGKILL) to the parent alone: the kernel ends the child too (no orphan simulating)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from memprof.simulate import workers\n"
+        "def run_one(job, here):\n"
+        "    if not here:\n"
+        "        print(os.getpid(), flush=True)\n"
+        "        time.sleep(60)\n"
+        "    return job\n"
+        "workers.run_in_processes([[1], [2]], run_one, processes=2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child):
+        time.sleep(0.05)
+    assert not _running(child)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed child of init waits to be reaped as one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -151,7 +151,8 @@ class PlanCommand:
         self._check_applicable(args)
         err = Console(stderr=True)
         # a spinner on a terminal only: piped or redirected stderr gets nothing but errors
-        status = err.status("simulating the step on fake tensors…") if err.is_terminal else contextlib.nullcontext()
+        # "planning": a cached or fitted answer simulates nothing; a simulation says so through on_progress
+        status = err.status("planning…") if err.is_terminal else contextlib.nullcontext()
         if args.task == "serve":
             with status:
                 serving = plan_serving(

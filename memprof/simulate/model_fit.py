@@ -247,7 +247,7 @@ def simulate_model(
     def compute() -> dict:
         simulators = {}
         for d in depths:
-            say(f"building the fake model at {d} layers")
+            say(f"building the fake model, {d} layers")
             with model_code_errors(spec, f"building the model at {d} layers"):
                 simulators[d] = StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code)
         runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in depths}
@@ -267,9 +267,8 @@ def simulate_model(
                 depth, (b, s) = job
                 if here:
                     done += 1
-                    others = "another process" if processes == 2 else f"{processes - 1} other processes"
-                    more = f"; {elsewhere} more in {others}" if elsewhere else ""
-                    say(f"simulating the step at {depth} layers, batch {b} × seq {s:,} ({done}/{here_total}{more})")
+                    more = f", {elsewhere} in parallel" if elsewhere else ""
+                    say(f"simulating {depth} layers, batch {b} × seq {s:,} ({done}/{here_total}{more})")
                 with model_code_errors(spec, f"at {depth} layers, batch {b} × seq {s:,}"):
                     return simulators[depth].run(b, s)
 

@@ -32,6 +32,7 @@ MAX_PROCESSES = 8
 # a child still running this long after this process finished its own share (and at least
 # STUCK_FACTOR times as long as that took) is taken for stuck
 STUCK_AFTER_S = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STUCK_FACTOR = 10
 
 
@@ -43,7 +44,7 @@ def step_processes() -> int:
         return 1
     wanted = os.environ.get("MEMPROF_SIM_PROCESSES", "").strip()
     if wanted:
-        if not wanted.isdigit() or int(wanted) < 1:
+        if not (wanted.isascii() and wanted.isdigit()) or int(wanted) < 1:  # not '²', which int() refuses
             raise OptionError(
                 f"MEMPROF_SIM_PROCESSES wants a whole number of processes >= 1, not {wanted!r} "
                 "(1 runs every simulated step in this process; unset, one per CPU)"
@@ -103,6 +104,7 @@ def _fork(share: list, run_one) -> tuple[int, int, list]:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()  # else the child's copy of a buffer could be written twice
+    parent = os.getpid()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with other threads (a status line)
         pid = os.fork()
@@ -111,6 +113,7 @@ def _fork(share: list, run_one) -> tuple[int, int, list]:
         try:
             os.close(read_fd)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+            _end_with(parent)
             if "torch" in sys.modules:
                 # one thread: OpenMP's thread pool does not survive a fork (GNU libgomp can hang in a
                 # child whose parent ran parallel regions); fake tensors compute nothing to share out
@@ -125,6 +128,18 @@ def _fork(share: list, run_one) -> tuple[int, int, list]:
             os._exit(status)
     os.close(write_fd)
     return pid, read_fd, share
+
+
+def _end_with(parent: int) -> None:
+    """Have the kernel kill this child when its parent ends, however it ends (SIGTERM, SIGKILL, a
+    crash), so that no orphan goes on simulating; Linux's PR_SET_PDEATHSIG. A parent that ended
+    before this was set is seen by the child's parent id changing."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _collect(pid: int, fd: int, deadline: float) -> dict | None:

@@ -183,7 +183,8 @@ def detail_notes(
         notes.append(f"The model has no position limit (e.g. ALiBi); max seq is swept up to {MAX_SWEEP_SEQ:,}.")
     else:
         less = f" less the {new_tokens:,} new tokens" if new_tokens else ""
-        notes.append(f"max seq is capped at the model's {limit:,} positions{less}; (max) marks the cap.")
+        if any(r.max_seq_capped for r in rows):  # else no row shows (max)
+            notes.append(f"max seq is capped at the model's {limit:,} positions{less}; (max) marks the cap.")
     return tuple(notes)
 
 
