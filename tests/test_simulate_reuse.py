@@ -115,3 +115,16 @@ def test_the_moments_fit_classifies_as_the_direct_simulation_zero_grads_grads_in
     zero_grad = next(p for p in fitted.phases if p.phase == "zero_grad")
     assert zero_grad.breakdown["grads"] > 0 and zero_grad.breakdown["activations_temporaries"] == 0
     assert [(p.phase, p.peak_bytes, p.breakdown) for p in fitted.phases] == _phases(direct)
+
+
+def test_a_plan_read_off_the_fit_says_so_in_its_table_notes_and_its_memory_note(tmp_path):
+    from memprof.analyses.plan import plan
+
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config("llama")))
+    first = plan(str(tmp_path), batch=2, seq=16, gpus="h100")
+    again = plan(str(tmp_path), batch=5, seq=40, gpus="h100")
+    assert not first.from_fit and again.from_fit
+    assert not any("Read off the exact fit" in n for n in first.notes)
+    assert any("Read off the exact fit of an earlier plan" in n and "batch 2 × seq 16" in n for n in again.notes)
+    memory = next(n for n in again.details if n.startswith("Memory:"))
+    assert "not simulated at this batch and seq" in memory and "at the given batch and seq" not in memory

@@ -385,7 +385,8 @@ def plan(
         cheapest=cheapest,
         num_gpus_auto=auto,
         notes=short_notes(device, fit_error, "auto" if auto else num_gpus, shard, rows, task)
-        + ((sharding_note(sharded, task, chosen_setting, shard, optimizer, auto),) if sharded else ()),
+        + ((sharding_note(sharded, task, chosen_setting, shard, optimizer, auto),) if sharded else ())
+        + from_fit_note(fitted),  # where the answer came from, in the table's notes too
         details=detail_notes(
             task,
             chosen_setting,
@@ -400,8 +401,7 @@ def plan(
             precision,
             optimizer,
         )
-        + window_note(resolved.config, ranges)
-        + from_fit_note(fitted),  # the sharding note is one of the short notes, shown with these
+        + window_note(resolved.config, ranges),  # the sharding and from-fit notes are short notes, shown with these
     )
 
 

@@ -51,8 +51,8 @@ def from_fit_note(fitted) -> tuple[str, ...]:
     if not fitted.from_fit or (b, s) == (fitted.direct.batch, fitted.direct.seq):  # seq < 4: its own fit
         return ()
     return (
-        f"Read off the fit of an earlier plan of this model and options (simulated at batch {b} × seq {s:,}; "
-        "exact, 0 bytes off, at the point it was checked on), not simulated at this batch and seq.",
+        f"Read off the exact fit of an earlier plan of this model and options (simulated at batch {b} × seq {s:,}; "
+        "0 bytes off at the point it was checked on), not simulated at this batch and seq.",
     )
 
 
@@ -98,9 +98,14 @@ def detail_notes(
     task, setting, device, fitted, fit_error, num_gpus, shard, limit, new_tokens, rows, precision, optimizer="adamw"
 ) -> tuple[str, ...]:
     depths = " and ".join(map(str, fitted.simulated_layers))
+    where = (
+        "read off the exact fit of an earlier plan (see the note above), not simulated at this batch and seq"
+        if from_fit_note(fitted)
+        else "at the given batch and seq"
+    )
     notes = [
         "Memory: the exact live-tensor peak of the profiler's step simulated on fake tensors "
-        f"(at {depths} layers, extrapolated exactly to {fitted.layers}), at the given batch and seq.",
+        f"(at {depths} layers, extrapolated exactly to {fitted.layers}), {where}.",
         fit_note(fit_error, rows),
         FLOPS_COUNTED_NOTE,
         "Not in the simulation: CUDA caching-allocator fragmentation and rounding, kernel workspaces (cuBLAS, "
