@@ -649,3 +649,14 @@ def test_the_sweep_search_finds_what_bisection_finds_asking_the_same_first_point
                 asked.append(seen)
     # cards whose answers differ still ask the same doubling points first (the plan caches them)
     assert {1, 2, 4, 8, 16, 32, 64} <= set.intersection(*asked)
+
+
+def test_on_a_narrow_terminal_no_card_and_no_number_is_cut(capsys, monkeypatch):
+    """80 columns: the table is wider; its lines run on (the terminal wraps them) rather than rich
+    shrinking the cards' names to nothing or cutting a price to '$0.…'."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["plan", "llama-3.1-8b"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.split() and line.split()[0] in ("T4", "L4", "A10G", "H200")]
+    assert len(table) == 4 and "…" not in "".join(table)
+    assert all("$" in line for line in table)  # every row keeps its last columns, prices included

@@ -137,7 +137,7 @@ def emit(
         takes_verbose = "verbose" in inspect.signature(render).parameters
         shown = render(result, verbose=True) if verbose and takes_verbose else render(result)
         if args.out is None:
-            console.print(shown)
+            console.print(shown, crop=False)  # a table wider than the terminal wraps, it is not cut
             return
         capture = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
         capture.print(shown)

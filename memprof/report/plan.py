@@ -151,13 +151,19 @@ def plan_renderables(r: PlanReport, *, verbose: bool = False) -> Group:
         pad_edge=False,
     )
     head = _head(r, wrapped=True)
-    for i, name in enumerate(head):
-        left = i == 0 or name == "verdict"
-        table.add_column(name, justify="left" if left else "right", style="bold" if i == 0 else None, no_wrap=i != 0)
     styles = {"fits": None, "tight": "yellow", "offload": "yellow", "no": "dim"}
     digits = _cost_digits(r)
-    for g in r.gpus:
-        table.add_row(*_cells(g, digits, auto=r.num_gpus_auto), style="bold green" if g.cheapest else styles[g.verdict])
+    rows = [_cells(g, digits, auto=r.num_gpus_auto) for g in r.gpus]
+    for i, name in enumerate(head):
+        left = i == 0 or name == "verdict"
+        # no cell is ever cut ("$0.…" would be a wrong number): a terminal narrower than the table
+        # wraps its lines instead of rich shrinking columns, the card's name first, to nothing
+        widest = max([len(str(row[i])) for row in rows] + [len(line) for line in name.split("\n")])
+        table.add_column(
+            name, justify="left" if left else "right", style="bold" if i == 0 else None, no_wrap=True, min_width=widest
+        )
+    for g, cells in zip(r.gpus, rows, strict=True):
+        table.add_row(*cells, style="bold green" if g.cheapest else styles[g.verdict])
     bd = r.breakdown
     parts = [
         # the title above the table, not the table's own title: that one wraps at the table's width
