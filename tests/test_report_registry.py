@@ -80,6 +80,7 @@ def test_report_verbose_re_renders_a_verbose_plan_and_leaves_other_kinds_as_they
     from memprof.cli import main
 
     saved = tmp_path / "plan.json"
+    assert main(["plan", "gpt2", "--seq", "128", "--gpus", "l4", "--json"]) == 0  # simulated: the next two are cached
     assert main(["plan", "gpt2", "--seq", "128", "--gpus", "l4", "--json", "--out", str(saved)]) == 0
     capsys.readouterr()
     assert main(["plan", "gpt2", "--seq", "128", "--gpus", "l4", "-v"]) == 0

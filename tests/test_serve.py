@@ -100,7 +100,7 @@ def test_cli_json_md_html(capsys, monkeypatch):
         == 0
     )
     md = capsys.readouterr().out
-    assert md.startswith("## openai-community/gpt2 · serving 1,024-token sequences at bf16") and "| ★ T4 |" in md
+    assert md.startswith("## openai-community/gpt2 · serving 1,024-token sequences at bf16") and "| T4 ★ |" in md
     assert main(["plan", "openai-community/gpt2", "--task", "serve", "--context", "1024", "--gpus", "T4"]) == 0
     text = capsys.readouterr().out
     assert "36,864 bytes per token" in text and "ESTIMATES" in text
@@ -114,7 +114,7 @@ def test_report_re_renders_a_saved_serve_plan(tmp_path, capsys):
     assert main(["report", str(saved), "--json"]) == 0
     assert capsys.readouterr().out == saved.read_text()
     assert main(["report", str(saved), "--format", "md"]) == 0
-    assert "| ★ T4 |" in capsys.readouterr().out
+    assert "| T4 ★ |" in capsys.readouterr().out
 
 
 def test_prices_read_as_plans_do():

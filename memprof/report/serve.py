@@ -35,7 +35,7 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 
 def _cells(g: ServeGpu) -> list[str]:
-    name = f"★ {g.name}" if g.cheapest else g.name
+    name = f"{g.name} ★" if g.cheapest else g.name  # as plan's table marks it
     return [
         name,
         _gib(g.memory_bytes),

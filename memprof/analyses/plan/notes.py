@@ -47,7 +47,13 @@ def sharding_note(
 
 
 def from_fit_note(fitted) -> tuple[str, ...]:
+    """Where the answer came from when nothing was simulated now: an earlier plan's exact fit, or the
+    cache of the same plan (shipped, or ~/.cache/memprof)."""
     b, s = fitted.fitted_at
+    if fitted.from_cache and not fitted.from_fit:
+        return (
+            "From the cache: this plan's simulation, shipped with memprof or saved by an earlier identical plan (--no-cache simulates it again).",
+        )
     if not fitted.from_fit or (b, s) == (fitted.direct.batch, fitted.direct.seq):  # seq < 4: its own fit
         return ()
     return (
