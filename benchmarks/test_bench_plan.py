@@ -1,7 +1,8 @@
 """Speed goals of `memprof plan` (issue 16), as ratios to `python -c "import torch"` in the same run.
 
 1. A catalog model at default options, first plan on an empty cache: < 1.0 (the shipped simulations).
-2. Another batch or seq after the first plan of the same model and options: < 0.5 (read off the fit).
+2. Another batch or seq after the first plan of the same model and options: < 0.5 (read off the fit);
+   batch 1 at another seq once simulates batch 1's own fit (less than a first plan), then is read off too.
 3. A local config's first plan (a model not in the catalog): < 4.0.
 """
 
@@ -75,12 +76,20 @@ def test_local_config_first_plan_then_other_batches_and_seqs(benchmark, tmp_path
     first = []
     for i in range(3):  # each on an empty cache: every round simulates
         first.append(_wall_s(_plan(str(model)), _env(tmp_path / f"cache-{i}")))
+    # batch 1 (the default) at another seq: batch 1's own fit is simulated once (it is not on the
+    # larger batches' polynomial), then read off like the others
+    batch1_fit = [_wall_s(_plan(str(model), "--seq", "700"), _env(tmp_path / "cache-0"))]
     later = [
         _wall_s(_plan(str(model), "--batch", str(b), "--seq", str(s)), _env(tmp_path / "cache-0"))
-        for b, s in ((2, 512), (4, 1000), (8, 300), (3, 4096), (16, 2048))
+        for b, s in ((2, 512), (4, 1000), (8, 300), (3, 4096), (16, 2048), (1, 1000), (1, 300), (1, 2000))
     ]
     benchmark.pedantic(lambda: None, rounds=1)
     first_ratio = _record(benchmark, "local_first_plan", first, torch_s)
     later_ratio = _record(benchmark, "later_plan", later, torch_s)
+    batch1_ratio = _record(benchmark, "first_batch1_plan_at_another_seq", batch1_fit, torch_s)
     assert later_ratio < 0.5, f"later plans {statistics.median(later):.2f}s, import torch {torch_s:.2f}s"
+    assert max(later) / torch_s < 0.5, f"the slowest later plan {max(later):.2f}s, import torch {torch_s:.2f}s"
     assert first_ratio < 4.0, f"local first plan {statistics.median(first):.2f}s, import torch {torch_s:.2f}s"
+    assert batch1_ratio < first_ratio, (
+        f"batch 1's own fit {batch1_fit[0]:.2f}s, a first plan {statistics.median(first):.2f}s"
+    )

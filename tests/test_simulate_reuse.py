@@ -45,13 +45,38 @@ def test_a_fit_whose_breakdown_moves_between_moments_is_not_reused_but_simulated
     )
 
 
-def test_batch_one_is_simulated_unless_the_fit_was_checked_at_batch_one():
-    config, spec = tiny_config("llama"), StepSpec(task="lora")
+@pytest.mark.parametrize("first_batch", [1, 2])
+def test_batch_one_gets_its_own_checked_fit_once_then_every_batch_one_plan_is_read_off_it(first_batch, monkeypatch):
+    """Batch 1 is not on the larger batches' polynomial (a view where they copy): the first batch-1
+    request at another seq simulates batch 1's own fit (three lengths and a check, 8 steps at two
+    depths), equal to simulating the point; later batch-1 requests simulate nothing."""
+    monkeypatch.setenv("MEMPROF_SIM_PROCESSES", "1")  # every step said here
+    config, spec = {**tiny_config("llama"), "num_hidden_layers": 6}, StepSpec(task="lora")
+    simulate_model(config, spec, batch=first_batch, seq=16)
+    said: list[str] = []
+    second = simulate_model(config, spec, batch=1, seq=40, on_progress=said.append)
+    assert second.from_fit and second.batch1_exact
+    steps = [m for m in said if m.startswith("simulating ")]
+    assert {m.split(" (")[0] for m in steps} == {
+        f"simulating {d} layers, batch 1 × seq {s}" for d in (2, 3) for s in (16, 32, 64, 49)
+    }
+    for seq in (40, 50, 16, 100):
+        said.clear()
+        later = simulate_model(config, spec, batch=1, seq=seq, on_progress=said.append)
+        direct = simulate_model(config, spec, batch=1, seq=seq, use_cache=False)
+        assert _phases(later) == _phases(direct) and later.direct.flops == direct.direct.flops
+        assert seq == 40 or (later.from_cache and said == [])  # read off the fit, or (seq 16) the cached plan
+
+
+def test_a_batch_one_fit_that_misses_its_check_is_not_used(monkeypatch):
+    from memprof.simulate import model_fit
+
+    config, spec = {**tiny_config("llama"), "num_hidden_layers": 6}, StepSpec(task="lora")
     simulate_model(config, spec, batch=2, seq=16)
-    assert not simulate_model(config, spec, batch=1, seq=24).from_fit  # the batch-2 fit never saw batch 1
-    ones = simulate_model(config, spec, batch=1, seq=30)
-    if ones.batch1_exact:  # batch 1 is on the larger batches' polynomial here: later batch-1 plans read it
-        assert simulate_model(config, spec, batch=1, seq=40).from_fit
+    real = model_fit._peak_error
+    monkeypatch.setattr(model_fit, "_peak_error", lambda fitted, direct: real(fitted, direct) + (direct.batch == 1))
+    again = simulate_model(config, spec, batch=1, seq=40)
+    assert not again.from_fit  # simulated the usual way, as before the batch-1 fit existed
 
 
 def test_a_fit_with_an_error_at_its_check_point_is_not_reused(monkeypatch):

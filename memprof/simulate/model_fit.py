@@ -161,15 +161,15 @@ def _model_fit(data: dict, req: _Request) -> ModelFit:
     return replace(model_fit, direct=model_fit.at(req.batch, req.seq), from_fit=True)
 
 
-def _from_an_exact_fit(config: dict, spec: StepSpec, req: _Request) -> ModelFit | None:
-    """The requested step read off a fit made earlier for the same config, spec, depths and range
-    (listed in the cache's index of them, or the shipped one), where that fit is exact: it missed its
-    check point by 0 bytes, and for batch 1 it was made at batch 1 and missed batch 1 by 0 bytes."""
+def _exact_entries(config: dict, spec: StepSpec, req: _Request):
+    """(request, cache entry, ModelFit) of every fit made earlier for the same config, spec, depths
+    and range (listed in the cache's index of them, or the shipped one) that was exact at its check
+    point, as its own simulations say (not the index)."""
     name, _ = _cache_key(config, spec, "fits", req.index_extra())
     for index in _entries(name):
         for entry in index.get("fits", ()):
             with contextlib.suppress(KeyError, TypeError, ValueError):
-                if entry["check_error_bytes"] != 0 or (req.batch == 1 and not entry["batch1_exact"]):
+                if entry["check_error_bytes"] != 0:
                     continue
                 made = _Request.make(config, spec, int(entry["batch"]), int(entry["seq"]), req.total_layers)
                 if made.depths != req.depths or made.seq_range != req.seq_range:
@@ -178,12 +178,91 @@ def _from_an_exact_fit(config: dict, spec: StepSpec, req: _Request) -> ModelFit 
                 if data is None:
                     continue
                 model_fit = _model_fit(data, made)
-                if model_fit.check_error_bytes != 0 or (req.batch == 1 and not model_fit.batch1_exact):
-                    continue  # the entry's own simulations decide, not the index
-                direct = model_fit.breakdown_at(req.batch, req.seq)
-                if direct is None:
-                    continue
-                return replace(model_fit, direct=direct, from_cache=True, from_fit=True)
+                if model_fit.check_error_bytes == 0:
+                    yield made, data, model_fit
+
+
+def _from_an_exact_fit(config: dict, spec: StepSpec, req: _Request) -> ModelFit | None:
+    """The requested step read off an exact fit made earlier (_exact_entries); for batch 1, one whose
+    fit holds batch 1 exactly too: made at batch 1 and on the batch >= 2 polynomial there, or given
+    batch 1's own checked fit later (_complete_batch1)."""
+    for made, _data, model_fit in _exact_entries(config, spec, req):
+        if req.batch == 1 and not model_fit.batch1_exact:
+            model_fit = _with_batch1_fit(config, spec, made, model_fit)
+            if model_fit is None:
+                continue
+        direct = model_fit.breakdown_at(req.batch, req.seq)
+        if direct is not None:
+            return replace(model_fit, direct=direct, from_cache=True, from_fit=True)
+    return None
+
+
+def _batch1_request(made: _Request) -> tuple[tuple[tuple[int, int], ...], tuple[int, int]]:
+    """Batch 1's own fit for the range of `made`: its three lengths, and the length it is checked at
+    (the batch >= 2 fit's check length, between the two longest)."""
+    seqs = sorted({s for _, s in made.points})
+    return tuple((1, s) for s in seqs), (1, made.check[1])
+
+
+def _batch1_key(config: dict, spec: StepSpec, made: _Request) -> tuple[str, dict]:
+    points, check = _batch1_request(made)
+    return _cache_key(config, spec, "fit1", {**made.key_extra(), "batch1": [list(p) for p in (*points, check)]})
+
+
+def _with_batch1_fit(config: dict, spec: StepSpec, made: _Request, model_fit: ModelFit) -> ModelFit | None:
+    """`model_fit` (exact at batch >= 2) with batch 1's own fit from its cache entry ("fit1", made by
+    _complete_batch1), where that fit misses its check point by 0 bytes; else None."""
+    data = _read_entry(_batch1_key(config, spec, made)[0])
+    if data is None:
+        return None
+    points, check = _batch1_request(made)
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        per_depth = [
+            {(d["batch"], d["seq"]): Simulation.from_json(d) for d in data["per_depth"][str(depth)]}
+            for depth in made.depths
+        ]
+        if not all(p in sims for sims in per_depth for p in (*points, check)):
+            return None
+        fits = tuple(
+            replace(f, batch1=fit([sims[p] for p in points])) for f, sims in zip(model_fit.fits, per_depth, strict=True)
+        )
+        with_batch1 = replace(model_fit, fits=fits)
+        sims = [sims[check] for sims in per_depth]
+        simulated = sims[0] if len(sims) == 1 else extrapolate(sims[0], sims[1], made.total_layers)
+        error = max(
+            _peak_error(with_batch1.at(*check), simulated),
+            _breakdown_error(with_batch1.breakdown_at(*check), simulated),
+        )
+        if error == 0:
+            return replace(with_batch1, batch1_error_bytes=0)
+    return None
+
+
+def _complete_batch1(config: dict, spec: StepSpec, req: _Request, say, trust_remote_code: bool) -> ModelFit | None:
+    """A batch-1 request where an exact batch >= 2 fit of its range exists but does not hold batch 1
+    (transformers' loss makes a view at batch 1 where larger batches copy, 8 bytes a token): simulate
+    batch 1's own fit (three lengths) and its check point, 8 steps instead of a first plan's 16, and
+    cache them; where that fit is exact, it answers this request and every later batch-1 request of
+    the range, without importing torch. None where there is no such fit or batch 1's is not exact."""
+    for made, _data, model_fit in _exact_entries(config, spec, req):
+        if _read_entry(_batch1_key(config, spec, made)[0]) is not None:
+            continue  # completed already: its fit does not answer this point (_from_an_exact_fit tried)
+        points, check = _batch1_request(made)
+        steps = _Steps(config, spec, made.depths, say, trust_remote_code)
+        steps.run((*points, check))
+        out = {}
+        for depth, sims in steps.runs.items():
+            kept = dict(zip(points, prune_moments([sims[p] for p in points]), strict=True))
+            out[str(depth)] = [kept.get(p, replace(sim, moments={})).to_json() for p, sim in sims.items()]
+        name, payload = _batch1_key(config, spec, made)
+        _write_entry(name, {"per_depth": out, "key": payload})
+        completed = _with_batch1_fit(config, spec, made, model_fit)
+        if completed is None:
+            return None
+        direct = completed.breakdown_at(req.batch, req.seq)
+        if direct is None:
+            return None
+        return replace(completed, direct=direct, from_fit=True)
     return None
 
 
@@ -234,8 +313,10 @@ def simulate_model(
     is read off that fit (`from_fit`), without importing torch.
 
     Batch 1: when the batch >= 2 fit misses the direct simulation at (1, seq) by more than 1/10,000
-    of a phase's peak, batch 1 gets its own fit in seq (two more points). `on_progress(message)` is
-    told what is being simulated (nothing when the cache answers).
+    of a phase's peak, batch 1 gets its own fit in seq (two more points). A later batch-1 request in
+    the range of an exact batch >= 2 fit that does not hold batch 1 simulates batch 1's own checked
+    fit once (_complete_batch1: 8 steps, not 16) and is read off it, as are the batch-1 requests
+    after it. `on_progress(message)` is told what is being simulated (nothing when the cache answers).
     """
     total_layers = layers if layers is not None else layer_count(config)
     req = _Request.make(config, spec, batch, seq, total_layers)
@@ -245,39 +326,8 @@ def simulate_model(
     say = on_progress or (lambda _message: None)
 
     def compute() -> dict:
-        simulators = {}
-        for d in depths:
-            say(f"building the fake model, {d} layers")
-            with model_code_errors(spec, f"building the model at {d} layers"):
-                simulators[d] = StepSimulator(config, spec, layers=d, trust_remote_code=trust_remote_code)
-        runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in depths}
-
-        def run_all(wanted) -> None:
-            wanted = list(dict.fromkeys(wanted))
-            # a point's steps at every depth together: they share one process's FakeTensor cache
-            groups = [[(d, p) for d in depths if p not in runs[d]] for p in wanted]
-            groups = [g for g in groups if g]
-            processes = min(step_processes(), len(groups))
-            here_total = len(shares(groups, processes)[0]) if groups else 0
-            elsewhere = sum(map(len, groups)) - here_total
-            done = 0
-
-            def run_one(job, here: bool) -> Simulation:
-                nonlocal done
-                depth, (b, s) = job
-                if here:
-                    done += 1
-                    more = f", {elsewhere} in parallel" if elsewhere else ""
-                    say(f"simulating {depth} layers, batch {b} × seq {s:,} ({done}/{here_total}{more})")
-                with model_code_errors(spec, f"at {depth} layers, batch {b} × seq {s:,}"):
-                    return simulators[depth].run(b, s)
-
-            results = run_in_processes(groups, run_one, processes=processes)
-            for d in depths:  # in the order one process would have run them: the cache entry's order
-                for p in wanted:
-                    if (d, p) in results:
-                        runs[d][p] = results[(d, p)]
-
+        steps = _Steps(config, spec, depths, say, trust_remote_code)
+        runs, run_all = steps.runs, steps.run
         run_all((requested, *points, check))
         if batch == 1 and any(_batch1_differs(runs[d], points) for d in depths):
             run_all(batch1)
@@ -299,11 +349,64 @@ def simulate_model(
     reused = _from_an_exact_fit(config, spec, req)
     if reused is not None:
         return reused
+    if batch == 1:
+        completed = _complete_batch1(config, spec, req, say, trust_remote_code)
+        if completed is not None:
+            return completed
     data = compute()
     _write_entry(name, data)
     model_fit = _model_fit(data, req)
     _index_fit(config, spec, req, model_fit)
     return model_fit
+
+
+class _Steps:
+    """The fake model at each depth (built on first use) and its steps at (batch, seq) points, run
+    side by side in forked processes (workers); `runs` holds every step run, depth -> point -> Simulation."""
+
+    def __init__(self, config: dict, spec: StepSpec, depths, say, trust_remote_code: bool) -> None:
+        self.config, self.spec, self.depths, self.say = config, spec, tuple(depths), say
+        self.trust_remote_code = trust_remote_code
+        self.simulators: dict[int, StepSimulator] = {}
+        self.runs: dict[int, dict[tuple[int, int], Simulation]] = {d: {} for d in self.depths}
+
+    def _build(self) -> None:
+        for d in self.depths:
+            if d not in self.simulators:
+                self.say(f"building the fake model, {d} layers")
+                with model_code_errors(self.spec, f"building the model at {d} layers"):
+                    self.simulators[d] = StepSimulator(
+                        self.config, self.spec, layers=d, trust_remote_code=self.trust_remote_code
+                    )
+
+    def run(self, wanted) -> None:
+        """Simulate every point of `wanted` not run yet, at every depth."""
+        self._build()
+        runs, depths, say, spec = self.runs, self.depths, self.say, self.spec
+        wanted = list(dict.fromkeys(wanted))
+        # a point's steps at every depth together: they share one process's FakeTensor cache
+        groups = [[(d, p) for d in depths if p not in runs[d]] for p in wanted]
+        groups = [g for g in groups if g]
+        processes = min(step_processes(), len(groups))
+        here_total = len(shares(groups, processes)[0]) if groups else 0
+        elsewhere = sum(map(len, groups)) - here_total
+        done = 0
+
+        def run_one(job, here: bool) -> Simulation:
+            nonlocal done
+            depth, (b, s) = job
+            if here:
+                done += 1
+                more = f", {elsewhere} in parallel" if elsewhere else ""
+                say(f"simulating {depth} layers, batch {b} × seq {s:,} ({done}/{here_total}{more})")
+            with model_code_errors(spec, f"at {depth} layers, batch {b} × seq {s:,}"):
+                return self.simulators[depth].run(b, s)
+
+        results = run_in_processes(groups, run_one, processes=processes)
+        for d in depths:  # in the order one process would have run them: the cache entry's order
+            for p in wanted:
+                if (d, p) in results:
+                    runs[d][p] = results[(d, p)]
 
 
 def _batch1_differs(runs: dict[tuple[int, int], Simulation], points) -> bool:
