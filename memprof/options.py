@@ -22,7 +22,7 @@ def comma_list(
     Blank items of a string are skipped, the others reach `parse` as written (with `strip`, without
     their spaces); a sequence's items reach it as they are. `empty` is raised when none is left.
     """
-    if not isinstance(value, str) and (not isinstance(value, Iterable) or isinstance(value, (bytes, dict))):
+    if not _string_or_list(value):
         raise type(empty)(f"{value!r} is neither a comma-separated string nor a list: {empty}")
     items = _items(value, strip)
     if not items:
@@ -37,16 +37,16 @@ def name_list(
     () for None or nothing (the caller's default applies). Anything else is one `error` naming `option`."""
     if value is None:
         return ()
-    if not isinstance(value, str) and (not isinstance(value, Iterable) or isinstance(value, (bytes, dict))):
+    if not _string_or_list(value):
         raise error(f"{option} takes names, comma-separated or as a list of strings, not {value!r}")
     return _unique(name for name in (str(item).strip() for item in _items(value, strip=True)) if name)
 
 
-def whole_number(value, option: str, *, error: type[MemprofError] = OptionError) -> int:
+def whole_number(value, option: str, *, error: type[MemprofError] = OptionError, wants: str = "a whole number") -> int:
     """`value` as an int: an int, or a number type that says it is a whole one (NumPy's integers, by
-    __index__); a bool, a float or a string is one `error` naming `option`."""
+    __index__); a bool, a float or a string is one `error`: "`option` takes `wants`, not ..."."""
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise error(f"{option} takes a whole number, not {value!r}")
+        raise error(f"{option} takes {wants}, not {value!r}")
     return operator.index(value)
 
 
@@ -79,6 +79,12 @@ def path(value, option: str, *, error: type[MemprofError] = OptionError, unset: 
     if not isinstance(value, (str, os.PathLike)):
         raise error(f"{option} takes a path (a string or a pathlib.Path), not {value!r}")
     return os.fspath(value)
+
+
+def _string_or_list(value) -> bool:
+    """Whether `value` is what a list option takes: a string, or an iterable of items (not bytes or
+    a dict, which iterate as something else)."""
+    return isinstance(value, str) or (isinstance(value, Iterable) and not isinstance(value, (bytes, dict)))
 
 
 def _items(value: str | Sequence, strip: bool) -> list:

@@ -67,9 +67,8 @@ def plan_serving(
     from memprof.simulate import max_positions
 
     chosen = get_setting(setting or "bf16")
-    if context is not None and (isinstance(context, bool) or not hasattr(type(context), "__index__")):
-        raise ServeOptionError(f"--context takes a number of tokens, not {context!r}")
-    context = None if context is None else int(context)
+    if context is not None:
+        context = whole_number(context, "--context", error=ServeOptionError, wants="a number of tokens")
     prefill_chunk = whole_number(prefill_chunk, "prefill_chunk", error=ServeOptionError)
     kv_dtype = text(kv_dtype, "kv_dtype", error=ServeOptionError, unset=True)
     gpus = name_list(gpus, option="gpus", error=ServeOptionError) or None

@@ -32,8 +32,8 @@ MAX_PROCESSES = 8
 # a child still running this long after this process finished its own share (and at least
 # STUCK_FACTOR times as long as that took) is taken for stuck
 STUCK_AFTER_S = 60.0
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STUCK_FACTOR = 10
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def step_processes() -> int:

@@ -146,9 +146,7 @@ def plan(
             f"({'ddp' if shard == 'ddp' else 'without --shard, every GPU'} holds everything, so more GPUs never help)"
         )
     if not auto:
-        if isinstance(num_gpus, bool) or not hasattr(type(num_gpus), "__index__"):
-            raise PlanOptionError(f"--num-gpus takes a number of GPUs or auto, not {num_gpus!r}")
-        num_gpus = int(num_gpus)
+        num_gpus = whole_number(num_gpus, "--num-gpus", error=PlanOptionError, wants="a number of GPUs or auto")
     given = [
         flag
         for flag, changed in (
