@@ -122,20 +122,44 @@ def _breakdown_error(fitted: Simulation | None, direct: Simulation) -> int:
     )
 
 
+def _entry_simulations(data: dict, depths) -> list[dict[tuple[int, int], Simulation]]:
+    """A cache entry's simulations, one {(batch, seq): Simulation} per depth."""
+    return [
+        {(d["batch"], d["seq"]): Simulation.from_json(d) for d in data["per_depth"][str(depth)]} for depth in depths
+    ]
+
+
+def _entry_per_depth(runs: dict[int, dict[tuple[int, int], Simulation]], groups) -> dict[str, list]:
+    """A cache entry's "per_depth" from the steps run: every simulation, with only the moments the
+    fits of `groups` (point lists, each fitted together) need (see prune_moments): the cache stays
+    small; a point in no group keeps none."""
+    out = {}
+    for depth, sims in runs.items():
+        kept = {}
+        for group in groups:
+            if all(p in sims for p in group):
+                kept.update(zip(group, prune_moments([sims[p] for p in group]), strict=True))
+        out[str(depth)] = [kept.get(p, replace(sim, moments={})).to_json() for p, sim in sims.items()]
+    return out
+
+
+def _extrapolated(per_depth: list[dict], point: tuple[int, int], layers: int) -> Simulation:
+    """The step at `point` at `layers` layers, from its simulations at the (one or two) simulated depths."""
+    if len(per_depth) == 1:
+        return per_depth[0][point]
+    return extrapolate(per_depth[0][point], per_depth[1][point], layers)
+
+
 def _model_fit(data: dict, req: _Request) -> ModelFit:
     """The fits and the direct answer from a request's simulations (`data`, a cache entry)."""
     depths = req.depths
-    per_depth = [
-        {(d["batch"], d["seq"]): Simulation.from_json(d) for d in data["per_depth"][str(depth)]} for depth in depths
-    ]
+    per_depth = _entry_simulations(data, depths)
     points, check, requested, batch1 = req.points, req.check, req.requested, req.batch1
     own_batch1 = bool(batch1) and all(p in per_depth[0] for p in batch1)
     fits = tuple(fit([sims[p] for p in points], [sims[p] for p in batch1] if own_batch1 else ()) for sims in per_depth)
 
     def simulated(point) -> Simulation:
-        if len(depths) == 1:
-            return per_depth[0][point]
-        return extrapolate(per_depth[0][point], per_depth[1][point], req.total_layers)
+        return _extrapolated(per_depth, point, req.total_layers)
 
     model_fit = ModelFit(
         req.total_layers,
@@ -209,26 +233,25 @@ def _batch1_key(config: dict, spec: StepSpec, made: _Request) -> tuple[str, dict
     return _cache_key(config, spec, "fit1", {**made.key_extra(), "batch1": [list(p) for p in (*points, check)]})
 
 
-def _with_batch1_fit(config: dict, spec: StepSpec, made: _Request, model_fit: ModelFit) -> ModelFit | None:
+def _with_batch1_fit(
+    config: dict, spec: StepSpec, made: _Request, model_fit: ModelFit, data: dict | None = None
+) -> ModelFit | None:
     """`model_fit` (exact at batch >= 2) with batch 1's own fit from its cache entry ("fit1", made by
-    _complete_batch1), where that fit misses its check point by 0 bytes; else None."""
-    data = _read_entry(_batch1_key(config, spec, made)[0])
+    _complete_batch1; `data` where it is at hand), where that fit misses its check point by 0 bytes;
+    else None."""
+    data = data if data is not None else _read_entry(_batch1_key(config, spec, made)[0])
     if data is None:
         return None
     points, check = _batch1_request(made)
     with contextlib.suppress(KeyError, TypeError, ValueError):
-        per_depth = [
-            {(d["batch"], d["seq"]): Simulation.from_json(d) for d in data["per_depth"][str(depth)]}
-            for depth in made.depths
-        ]
+        per_depth = _entry_simulations(data, made.depths)
         if not all(p in sims for sims in per_depth for p in (*points, check)):
             return None
         fits = tuple(
             replace(f, batch1=fit([sims[p] for p in points])) for f, sims in zip(model_fit.fits, per_depth, strict=True)
         )
         with_batch1 = replace(model_fit, fits=fits)
-        sims = [sims[check] for sims in per_depth]
-        simulated = sims[0] if len(sims) == 1 else extrapolate(sims[0], sims[1], made.total_layers)
+        simulated = _extrapolated(per_depth, check, made.total_layers)
         error = max(
             _peak_error(with_batch1.at(*check), simulated),
             _breakdown_error(with_batch1.breakdown_at(*check), simulated),
@@ -245,18 +268,15 @@ def _complete_batch1(config: dict, spec: StepSpec, req: _Request, say, trust_rem
     cache them; where that fit is exact, it answers this request and every later batch-1 request of
     the range, without importing torch. None where there is no such fit or batch 1's is not exact."""
     for made, _data, model_fit in _exact_entries(config, spec, req):
-        if _read_entry(_batch1_key(config, spec, made)[0]) is not None:
+        name, payload = _batch1_key(config, spec, made)
+        if _read_entry(name) is not None:
             continue  # completed already: its fit does not answer this point (_from_an_exact_fit tried)
         points, check = _batch1_request(made)
         steps = _Steps(config, spec, made.depths, say, trust_remote_code)
         steps.run((*points, check))
-        out = {}
-        for depth, sims in steps.runs.items():
-            kept = dict(zip(points, prune_moments([sims[p] for p in points]), strict=True))
-            out[str(depth)] = [kept.get(p, replace(sim, moments={})).to_json() for p, sim in sims.items()]
-        name, payload = _batch1_key(config, spec, made)
-        _write_entry(name, {"per_depth": out, "key": payload})
-        completed = _with_batch1_fit(config, spec, made, model_fit)
+        data = {"per_depth": _entry_per_depth(steps.runs, [points]), "key": payload}
+        _write_entry(name, data)
+        completed = _with_batch1_fit(config, spec, made, model_fit, data)
         if completed is None:
             return None
         direct = completed.breakdown_at(req.batch, req.seq)
@@ -331,15 +351,8 @@ def simulate_model(
         run_all((requested, *points, check))
         if batch == 1 and any(_batch1_differs(runs[d], points) for d in depths):
             run_all(batch1)
-        out = {}
-        for depth, sims in runs.items():
-            # keep only the moments the fits need (see prune_moments): the cache stays small
-            groups = [list(points)] + ([list(batch1)] if batch1 and all(p in sims for p in batch1) else [])
-            kept = {}
-            for group in groups:
-                kept.update(zip(group, prune_moments([sims[p] for p in group]), strict=True))
-            out[str(depth)] = [kept.get(p, replace(sim, moments={})).to_json() for p, sim in sims.items()]
-        return {"per_depth": out, "key": payload}
+        groups = [list(points)] + ([list(batch1)] if batch1 else [])  # batch 1's where it was simulated
+        return {"per_depth": _entry_per_depth(runs, groups), "key": payload}
 
     if not use_cache:
         return _model_fit(compute(), req)
